@@ -1,0 +1,47 @@
+"""The ``liverank`` command: a thin dispatcher.
+
+Each subcommand lives in its own package and is imported only when it runs (by name, through importlib), so
+``liverank serve`` never loads torch and ``liverank export`` never loads the serving stack. A subcommand module
+exposes ``main(argv: list[str]) -> int``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "serve": ("serving.cli", "run the ranking server"),
+    "bench": ("benchmarks.cli", "run a benchmark (store, rank) and write JSON results"),
+    "export": ("exporter.cli", "build bundles and deltas (e.g. a synthetic bundle, no torch needed)"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: liverank <command> [options]", "", "commands:"]
+    lines += [f"  {name:<8} {help_text}" for name, (_, help_text) in SUBCOMMANDS.items()]
+    lines += ["", "run `liverank <command> --help` for a command's options"]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] in ("-h", "--help"):
+        print(usage())
+        return 0 if args else 2
+    name, rest = args[0], args[1:]
+    if name not in SUBCOMMANDS:
+        print(f"liverank: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    module_name, _ = SUBCOMMANDS[name]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        print(f"liverank {name}: not available in this install ({exc.name} is missing)", file=sys.stderr)
+        return 2
+    code: int = module.main(rest)
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

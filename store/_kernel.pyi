@@ -1,0 +1,10 @@
+from typing import Any
+
+import numpy as np
+
+def probe(
+    keys: np.ndarray[Any, Any], rows: np.ndarray[Any, Any], ids: np.ndarray[Any, Any], out: np.ndarray[Any, Any], /
+) -> int: ...
+def insert(
+    keys: np.ndarray[Any, Any], rows: np.ndarray[Any, Any], ids: np.ndarray[Any, Any], new_rows: np.ndarray[Any, Any], /
+) -> int: ...

@@ -1,0 +1,441 @@
+"""``EmbeddingStore``: the store's public face. Durable rows in LMDB, hot rows in the RAM tier, one writer.
+
+Reads: ``lookup_many`` answers several slots from one consistent state (one delta boundary). The RAM tier answers
+what is resident; rows that are not resident come from an LMDB read transaction of the same generation; when a
+writer is mid-way (tier being changed, or LMDB already ahead of the tier) the whole call is answered from one LMDB
+snapshot instead. Readers never wait for the writer.
+
+Writes: ``apply`` validates a delta, commits it to LMDB in one transaction, then makes it visible in the tier.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from store.errors import IdOutOfRange, UnknownSlot
+from store.format import (
+    Array,
+    Ids,
+    IntIds,
+    SparseDelta,
+    decode_delta,
+    encode_delta,
+    encode_int_keys,
+    encode_str_key,
+    hash_str_id,
+    slot_key_prefix,
+    value_dtype,
+)
+from store.lmdb_store import DEFAULT_MAP_SIZE_BYTES, ApplyResult, Durability, LmdbStore, Txn
+from store.ram_tier import DELETED_MS, RamTier, TierRead
+from store.slots import SlotConfig
+from store.validation import PreparedDelta, prepare_delta
+
+log = logging.getLogger(__name__)
+
+DEFAULT_RAM_BUDGET_ROWS = 50_000_000
+_WARM_CHUNK_ROWS = 1_000_000
+Source = Literal["ram", "ram+lmdb", "lmdb"]
+
+
+@dataclass(frozen=True)
+class SlotLookup:
+    """Rows of one slot: float32 vectors (unseen ids hold the slot default), event times, and which were unseen."""
+
+    vectors: Array
+    updated_at_ms: Array
+    unseen: Array
+
+    @property
+    def n_unseen(self) -> int:
+        return int(self.unseen.sum())
+
+
+@dataclass(frozen=True)
+class Lookup:
+    """The answer to one ``lookup_many`` call: every slot read at the same ``generation``."""
+
+    generation: int
+    slots: dict[str, SlotLookup]
+    source: Source
+
+
+@dataclass(frozen=True)
+class StoreStats:
+    path: str
+    generation: int
+    schema_hash: str | None
+    applied_seq: dict[str, int]
+    rows_by_slot: dict[str, int]
+    resident_rows_by_slot: dict[str, int]
+    ram_budget_rows: int
+    used_bytes: int
+    map_size_bytes: int
+    durability: str
+    unseen_by_slot: dict[str, int]
+
+
+class EmbeddingStore:
+    """Collisionless embedding tables with crash-safe, all-or-nothing delta application and fast reads."""
+
+    def __init__(self, lmdb_store: LmdbStore, ram_budget_rows: int) -> None:
+        self._lmdb = lmdb_store
+        self._tier = RamTier(ram_budget_rows)
+        self._tier_complete = True  # every LMDB row is resident: a tier miss is an unseen id
+        self._tier_ok = True
+        self._write_lock = threading.Lock()
+        self._stats_lock = threading.Lock()
+        self._unseen: dict[str, int] = {}
+        self._slots = self._lmdb.slot_table()
+        self._schema_hash = self._lmdb.schema_hash()
+        self._sweep_from: dict[str, bytes] = {}
+
+    @classmethod
+    def open(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        slots: Sequence[SlotConfig] = (),
+        map_size_bytes: int = DEFAULT_MAP_SIZE_BYTES,
+        durability: Durability = "process",
+        ram_budget_rows: int = DEFAULT_RAM_BUDGET_ROWS,
+        reserve_bytes: int | None = None,
+    ) -> EmbeddingStore:
+        """Open (or create) a store, declare ``slots``, and warm the RAM tier from LMDB up to the budget."""
+        lmdb_store = LmdbStore(path, map_size_bytes=map_size_bytes, durability=durability, reserve_bytes=reserve_bytes)
+        try:
+            store = cls(lmdb_store, ram_budget_rows)
+            if slots:
+                store.declare_slots(slots)
+            store._warm()
+        except BaseException:
+            lmdb_store.close()
+            raise
+        return store
+
+    # --- lifecycle and configuration ----------------------------------------------------------------------------
+
+    def close(self) -> None:
+        self._lmdb.close()
+
+    def __enter__(self) -> EmbeddingStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def lmdb(self) -> LmdbStore:
+        return self._lmdb
+
+    @property
+    def slots(self) -> dict[str, SlotConfig]:
+        return {name: cfg for name, (cfg, _) in self._slots.items()}
+
+    @property
+    def schema_hash(self) -> str | None:
+        return self._schema_hash
+
+    def declare_slots(self, slots: Sequence[SlotConfig]) -> None:
+        with self._write_lock:
+            self._slots = self._lmdb.declare_slots(list(slots))
+            self._tier.configure(self.slots)
+
+    def bind_schema(self, schema_hash: str) -> None:
+        """Accept only deltas built for this schema from now on (set when a bundle goes live)."""
+        with self._write_lock:
+            self._lmdb.set_schema_hash(schema_hash)
+            self._schema_hash = schema_hash
+
+    def _warm(self) -> None:
+        """Fill a fresh RAM tier from one LMDB snapshot, slot by slot, in chunks (bounded memory), then use it."""
+        started = time.perf_counter()
+        tier = RamTier(self._tier.budget_rows)
+        complete = True
+        with self._lmdb.read() as txn:
+            self._slots = self._lmdb.slot_table(txn)
+            tier.configure(self.slots)
+            counts = self._lmdb.row_counts(txn)
+            for name, (config, code) in self._slots.items():
+                for ids, vectors, updated in _scan_slot(txn, self._lmdb.rows_db, config, code, _WARM_CHUNK_ROWS):
+                    if tier.load(name, ids, vectors, updated) < len(ids):
+                        complete = False
+                if counts.get(name, 0) > tier.resident_by_slot().get(name, 0):
+                    complete = False
+            tier.generation = self._lmdb.generation(txn)
+        self._tier, self._tier_complete, self._tier_ok = tier, complete, True
+        log.info(
+            "RAM tier warm: %s rows resident in %.1f s (complete=%s)",
+            tier.resident_rows,
+            time.perf_counter() - started,
+            complete,
+        )
+
+    def _catch_up(self) -> None:
+        """Bring the tier up to LMDB's generation from the changelog (deltas applied by another process), or
+        rebuild it when the changelog no longer reaches back far enough. The caller holds the write lock."""
+        with self._lmdb.read() as txn:
+            entries = self._lmdb.changelog(txn, self._tier.generation)
+            if entries is None:
+                log.warning("RAM tier is further behind than the changelog reaches; rebuilding it from LMDB")
+            elif entries:
+                self._slots = self._lmdb.slot_table(txn)
+                self._tier.configure(self.slots)
+        if entries is None:
+            self._warm()
+            return
+        for generation, payload in entries:
+            # Already validated and committed by the writer; the schema it was checked against is its business.
+            prepared = prepare_delta(decode_delta(payload), self._slots, None)
+            self._apply_to_tier(prepared, generation)
+
+    def _apply_to_tier(self, prepared: PreparedDelta, generation: int) -> None:
+        try:
+            self._tier.apply(prepared, generation)
+        except Exception:
+            # LMDB has the delta; the tier does not. Serve from LMDB rather than serve stale rows.
+            self._tier_ok = False
+            log.exception("RAM tier update failed; reads fall back to LMDB until the store is reopened")
+        if self._tier.resident_rows >= self._tier.budget_rows:
+            self._tier_complete = False
+
+    # --- writes -------------------------------------------------------------------------------------------------
+
+    def apply(self, delta: SparseDelta, *, inbox_key: bytes | None = None, payload: bytes | None = None) -> ApplyResult:
+        """Validate and apply one delta, all or nothing. Duplicates are no-ops; gaps raise ``SequenceGap``.
+
+        ``payload``: the delta's binary form if the caller has it (saves encoding it again for the changelog).
+        """
+        with self._write_lock:
+            prepared = prepare_delta(delta, self._slots, self._schema_hash)
+            result = self._lmdb.apply(prepared, payload if payload is not None else encode_delta(delta), inbox_key)
+            if result.status == "applied" and self._tier_ok:
+                if self._tier.generation == result.generation - 1:
+                    self._apply_to_tier(prepared, result.generation)
+                else:  # another process wrote in between: replay its deltas (and ours) from the changelog
+                    self._catch_up()
+            return result
+
+    def flush(self) -> None:
+        self._lmdb.flush()
+
+    def sweep_expired(self, now_ms: int | None = None, max_rows_scanned: int = 200_000) -> dict[str, int]:
+        """Delete rows past their slot's TTL, scanning at most ``max_rows_scanned`` rows per slot per call.
+
+        Resumes where the previous call stopped, so a background loop covers a large table in slices.
+        """
+        now = _now_ms() if now_ms is None else now_ms
+        removed: dict[str, int] = {}
+        with self._write_lock:
+            for name, (config, code) in self._slots.items():
+                if config.ttl_ms is None:
+                    continue
+                keys, ids = self._expired_keys(config, code, now - config.ttl_ms, max_rows_scanned)
+                if keys:
+                    removed[name] = self._lmdb.delete_rows(name, keys)
+                    self._tier.forget(name, ids)
+        return removed
+
+    def _expired_keys(
+        self, config: SlotConfig, code: int, cutoff_ms: int, budget: int
+    ) -> tuple[list[bytes], IntIds | tuple[str, ...]]:
+        prefix = slot_key_prefix(code)
+        start = self._sweep_from.get(config.name, prefix)
+        keys: list[bytes] = []
+        last = None
+        with self._lmdb.read() as txn:
+            cursor = txn.cursor(db=self._lmdb.rows_db)
+            scanned = 0
+            if cursor.set_range(start):
+                for key, value in cursor:
+                    if not key.startswith(prefix) or scanned >= budget:
+                        break
+                    scanned += 1
+                    last = key
+                    if int.from_bytes(value[:8], "little", signed=True) < cutoff_ms:
+                        keys.append(key)
+        self._sweep_from[config.name] = (last + b"\x00") if last is not None and scanned >= budget else prefix
+        if config.id_kind == "str":
+            return keys, tuple(k[2:].decode("utf-8") for k in keys)
+        return keys, np.asarray([int.from_bytes(k[2:], "big") for k in keys], dtype=np.uint64)
+
+    # --- reads --------------------------------------------------------------------------------------------------
+
+    def lookup(self, slot: str, ids: Ids | Sequence[int] | Sequence[str], *, now_ms: int | None = None) -> SlotLookup:
+        return self.lookup_many({slot: ids}, now_ms=now_ms).slots[slot]
+
+    def lookup_many(
+        self, requests: Mapping[str, Ids | Sequence[int] | Sequence[str]], *, now_ms: int | None = None
+    ) -> Lookup:
+        """Rows of several slots from one consistent state. Unseen and expired ids read as the slot default."""
+        self._lmdb.check_usable()
+        normalized = {slot: self._normalize(slot, ids) for slot, ids in requests.items()}
+        now = _now_ms() if now_ms is None else now_ms
+        with self._lmdb.read() as txn:
+            generation = self._lmdb.generation(txn)
+            if self._tier_ok and self._tier.generation != generation and self._write_lock.acquire(blocking=False):
+                # Behind LMDB and nobody is writing here: deltas came from another process. Follow them.
+                try:
+                    self._catch_up()
+                finally:
+                    self._write_lock.release()
+            if self._tier_ok:
+                for _ in range(2):
+                    answer = self._lookup_via_tier(txn, generation, normalized, now)
+                    if answer is not None:
+                        return answer
+            # The tier is mid-update or behind: answer everything from this one LMDB snapshot.
+            return self._finish(self._read_lmdb(txn, normalized), generation, now, "lmdb")
+
+    def _lookup_via_tier(
+        self, txn: Txn, generation: int, normalized: dict[str, IntIds | tuple[str, ...]], now: int
+    ) -> Lookup | None:
+        tier = self._tier
+        version = tier.begin_read()
+        if version is None or tier.generation != generation:
+            return None
+        reads = {slot: tier.read(slot, ids) for slot, ids in normalized.items()}
+        if not tier.unchanged_since(version):
+            return None
+        missing = {slot: r.rows < 0 for slot, r in reads.items()}
+        if self._tier_complete or not any(m.any() for m in missing.values()):
+            return self._finish(reads, generation, now, "ram")
+        for slot, miss in missing.items():
+            if miss.any():
+                # Not resident (past the RAM budget): read from the LMDB snapshot of the same generation.
+                idx = np.flatnonzero(miss)
+                ids = normalized[slot]
+                sub = tuple(ids[i] for i in idx) if isinstance(ids, tuple) else ids[idx]
+                got = self._read_slot_lmdb(txn, slot, sub)
+                reads[slot].vectors[idx] = got.vectors
+                reads[slot].updated_at_ms[idx] = got.updated_at_ms
+        return self._finish(reads, generation, now, "ram+lmdb")
+
+    def _read_lmdb(self, txn: Txn, normalized: dict[str, IntIds | tuple[str, ...]]) -> dict[str, TierRead]:
+        return {slot: self._read_slot_lmdb(txn, slot, ids) for slot, ids in normalized.items()}
+
+    def _read_slot_lmdb(self, txn: Txn, slot: str, ids: IntIds | tuple[str, ...]) -> TierRead:
+        config, code = self._slots[slot]
+        keys = [encode_str_key(code, s) for s in ids] if isinstance(ids, tuple) else encode_int_keys(code, ids)
+        get = txn.get
+        db = self._lmdb.rows_db
+        raw = [get(k, db=db) for k in keys]
+        found = np.fromiter((r is not None for r in raw), dtype=bool, count=len(raw))
+        vectors = np.zeros((len(keys), config.dim), dtype=np.float32)
+        updated = np.full(len(keys), DELETED_MS, dtype=np.int64)
+        if found.any():
+            records = np.frombuffer(
+                b"".join(r for r in raw if r is not None), dtype=value_dtype(config.dim, config.np_dtype)
+            )
+            vectors[found] = records["v"]
+            updated[found] = records["t"]
+        rows = np.where(found, 0, -1).astype(np.int64)
+        return TierRead(rows, vectors, updated)
+
+    def _finish(self, reads: dict[str, TierRead], generation: int, now: int, source: Source) -> Lookup:
+        out: dict[str, SlotLookup] = {}
+        for slot, read in reads.items():
+            config, _ = self._slots[slot]
+            unseen = read.updated_at_ms == DELETED_MS
+            if config.ttl_ms is not None:
+                unseen |= read.updated_at_ms < now - config.ttl_ms
+            vectors = read.vectors
+            if unseen.any():
+                if not vectors.flags.writeable:
+                    vectors = vectors.copy()
+                vectors[unseen] = config.default_vector()
+                with self._stats_lock:
+                    self._unseen[slot] = self._unseen.get(slot, 0) + int(unseen.sum())
+            out[slot] = SlotLookup(vectors, read.updated_at_ms, unseen)
+        return Lookup(generation, out, source)
+
+    def _normalize(self, slot: str, ids: Ids | Sequence[int] | Sequence[str]) -> IntIds | tuple[str, ...]:
+        if slot not in self._slots:
+            raise UnknownSlot(f"unknown slot {slot!r} (known: {sorted(self._slots)})")
+        config, _ = self._slots[slot]
+        if config.id_kind == "str":
+            if isinstance(ids, np.ndarray) or not all(isinstance(s, str) for s in ids):
+                raise IdOutOfRange(f"slot {slot!r} takes string ids")
+            return tuple(ids)  # type: ignore[arg-type]
+        if config.id_kind == "str_hash" and not isinstance(ids, np.ndarray) and ids and isinstance(ids[0], str):
+            return np.asarray([hash_str_id(str(s)) for s in ids], dtype=np.uint64)
+        if isinstance(ids, np.ndarray) and ids.dtype == np.uint64:
+            return ids
+        try:
+            arr = np.asarray(ids)
+            if arr.size and (arr.dtype.kind not in "iu" or arr.min() < 0):
+                raise IdOutOfRange(f"slot {slot!r} takes integer ids in 0..2**64-1")
+            return arr.astype(np.uint64)
+        except (OverflowError, ValueError, TypeError) as exc:
+            raise IdOutOfRange(f"slot {slot!r} takes integer ids in 0..2**64-1") from exc
+
+    # --- introspection ------------------------------------------------------------------------------------------
+
+    def applied_seq(self, producer: str) -> int:
+        with self._lmdb.read() as txn:
+            return self._lmdb.applied_seq(txn, producer)
+
+    def applied_seqs(self) -> dict[str, int]:
+        with self._lmdb.read() as txn:
+            return self._lmdb.applied_seqs(txn)
+
+    def stats(self) -> StoreStats:
+        with self._lmdb.read() as txn:
+            return StoreStats(
+                path=str(self._lmdb.path),
+                generation=self._lmdb.generation(txn),
+                schema_hash=self._schema_hash,
+                applied_seq=self._lmdb.applied_seqs(txn),
+                rows_by_slot={name: self._lmdb.row_counts(txn).get(name, 0) for name in self._slots},
+                resident_rows_by_slot=self._tier.resident_by_slot(),
+                ram_budget_rows=self._tier.budget_rows,
+                used_bytes=self._lmdb.used_bytes(txn),
+                map_size_bytes=self._lmdb.map_size_bytes,
+                durability=self._lmdb.durability,
+                unseen_by_slot=dict(self._unseen),
+            )
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _scan_slot(txn: Txn, rows_db: Any, config: SlotConfig, code: int, chunk_rows: int) -> Any:
+    """Yield (ids, vectors, updated_at_ms) chunks of one slot's rows, decoded in bulk."""
+    prefix = slot_key_prefix(code)
+    cursor = txn.cursor(db=rows_db)
+    if not cursor.set_range(prefix):
+        return
+    records = value_dtype(config.dim, config.np_dtype)
+    keys: list[bytes] = []
+    values: list[bytes] = []
+    for key, value in cursor:
+        if not key.startswith(prefix):
+            break
+        keys.append(key)
+        values.append(value)
+        if len(keys) >= chunk_rows:
+            yield _decode_chunk(keys, values, config, records)
+            keys, values = [], []
+    if keys:
+        yield _decode_chunk(keys, values, config, records)
+
+
+def _decode_chunk(
+    keys: list[bytes], values: list[bytes], config: SlotConfig, records: np.dtype[Any]
+) -> tuple[IntIds | tuple[str, ...], Array, Array]:
+    decoded = np.frombuffer(b"".join(values), dtype=records)
+    ids: IntIds | tuple[str, ...]
+    if config.id_kind == "str":
+        ids = tuple(k[2:].decode("utf-8") for k in keys)
+    else:
+        ids = np.frombuffer(b"".join(keys), dtype=[("s", ">u2"), ("id", ">u8")])["id"].astype(np.uint64)
+    return ids, decoded["v"].astype(config.np_dtype), decoded["t"].astype(np.int64)

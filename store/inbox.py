@@ -1,0 +1,124 @@
+"""The durable delta inbox: validated deltas wait here, in LMDB, between their acknowledgement and their apply.
+
+An inbox entry is keyed ``producer UTF-8 | 0x00 | seq u64 big-endian`` (one producer's entries in sequence order)
+and holds ``received_at_ms i64 LE | the delta's binary form``. Enqueueing checks the sequence against what is
+applied and what is already queued, in one write transaction; applying removes the entry in the same transaction
+that writes the rows (``EmbeddingStore.apply(..., inbox_key=...)``), so a delta is applied exactly once across
+crashes and restarts.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Literal
+
+import lmdb
+
+from store.errors import SequenceGap, StoreError, StoreFull
+from store.format import SparseDelta, decode_delta, encode_delta
+from store.lmdb_store import LmdbStore, Txn
+
+_SEQ = struct.Struct(">Q")
+_TIME = struct.Struct("<q")
+
+
+class InboxFull(StoreError):
+    """The inbox holds as many deltas as it may; the producer should retry later."""
+
+    code = "inbox_full"
+
+
+@dataclass(frozen=True)
+class EnqueueResult:
+    status: Literal["queued", "duplicate"]
+    producer: str
+    seq: int
+    depth: int
+
+
+@dataclass(frozen=True)
+class InboxEntry:
+    key: bytes
+    producer: str
+    seq: int
+    received_at_ms: int
+    payload: bytes
+
+    def delta(self) -> SparseDelta:
+        return decode_delta(self.payload)
+
+
+def inbox_key(producer: str, seq: int) -> bytes:
+    return producer.encode("utf-8") + b"\x00" + _SEQ.pack(seq)
+
+
+def _parse_key(key: bytes) -> tuple[str, int]:
+    producer, _, seq = key.rpartition(b"\x00")
+    return producer.decode("utf-8"), int(_SEQ.unpack(seq)[0])
+
+
+class Inbox:
+    """Bounded, durable, ordered per producer."""
+
+    def __init__(self, store: LmdbStore, max_depth: int) -> None:
+        self._store = store
+        self.max_depth = max_depth
+
+    def enqueue(self, delta: SparseDelta, received_at_ms: int, payload: bytes | None = None) -> EnqueueResult:
+        """Queue a validated delta durably. Duplicates (applied or queued) are reported, gaps refused."""
+        self._store.check_usable()
+        body = payload if payload is not None else encode_delta(delta)
+        prefix = delta.producer.encode("utf-8") + b"\x00"
+        try:
+            with self._store.env.begin(write=True) as txn:
+                applied = self._store.applied_seq(txn, delta.producer)
+                last_queued = self._last_queued(txn, prefix)
+                depth = int(txn.stat(self._store.inbox_db)["entries"])
+                if delta.seq <= max(applied, last_queued):
+                    return EnqueueResult("duplicate", delta.producer, delta.seq, depth)
+                expected = max(applied, last_queued) + 1
+                if delta.seq != expected:
+                    raise SequenceGap(delta.producer, expected, delta.seq)
+                if depth >= self.max_depth:
+                    raise InboxFull(f"the inbox holds {depth} deltas (its limit); retry after the updater drains it")
+                txn.put(
+                    inbox_key(delta.producer, delta.seq),
+                    _TIME.pack(received_at_ms) + body,
+                    db=self._store.inbox_db,
+                )
+        except lmdb.MapFullError as exc:
+            raise StoreFull("store map is full: the delta could not be queued") from exc
+        return EnqueueResult("queued", delta.producer, delta.seq, depth + 1)
+
+    def _last_queued(self, txn: Txn, prefix: bytes) -> int:
+        cursor = txn.cursor(db=self._store.inbox_db)
+        # Position after this producer's last key, then step back.
+        if cursor.set_range(prefix + b"\xff" * 8 + b"\x00"):
+            if not cursor.prev():
+                return 0
+        elif not cursor.last():
+            return 0
+        key = cursor.key()
+        return _parse_key(key)[1] if key.startswith(prefix) and len(key) == len(prefix) + 8 else 0
+
+    def pending(self, limit: int = 64) -> list[InboxEntry]:
+        """The oldest entries, each producer's in sequence order."""
+        out: list[InboxEntry] = []
+        with self._store.read() as txn:
+            for key, value in txn.cursor(db=self._store.inbox_db):
+                producer, seq = _parse_key(key)
+                out.append(InboxEntry(key, producer, seq, _TIME.unpack_from(value)[0], value[_TIME.size :]))
+                if len(out) >= limit:
+                    break
+        return out
+
+    def depth(self) -> int:
+        with self._store.read() as txn:
+            return int(txn.stat(self._store.inbox_db)["entries"])
+
+    def remove(self, key: bytes) -> None:
+        """Drop an entry without applying it (an artifact quarantined by the updater)."""
+        self._store.check_usable()
+        with self._store.env.begin(write=True) as txn:
+            txn.delete(key, db=self._store.inbox_db)
