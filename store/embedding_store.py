@@ -66,6 +66,7 @@ class Lookup:
     generation: int
     slots: dict[str, SlotLookup]
     source: Source
+    applied_seq: dict[str, int]  # per producer, as of ``generation``
 
 
 @dataclass(frozen=True)
@@ -281,6 +282,7 @@ class EmbeddingStore:
         now = _now_ms() if now_ms is None else now_ms
         with self._lmdb.read() as txn:
             generation = self._lmdb.generation(txn)
+            applied = self._lmdb.applied_seqs(txn)
             if self._tier_ok and self._tier.generation != generation and self._write_lock.acquire(blocking=False):
                 # Behind LMDB and nobody is writing here: deltas came from another process. Follow them.
                 try:
@@ -291,13 +293,13 @@ class EmbeddingStore:
                 for _ in range(2):
                     answer = self._lookup_via_tier(txn, generation, normalized, now)
                     if answer is not None:
-                        return answer
+                        return Lookup(generation, answer[0], answer[1], applied)
             # The tier is mid-update or behind: answer everything from this one LMDB snapshot.
-            return self._finish(self._read_lmdb(txn, normalized), generation, now, "lmdb")
+            return Lookup(generation, self._finish(self._read_lmdb(txn, normalized), now), "lmdb", applied)
 
     def _lookup_via_tier(
         self, txn: Txn, generation: int, normalized: dict[str, IntIds | tuple[str, ...]], now: int
-    ) -> Lookup | None:
+    ) -> tuple[dict[str, SlotLookup], Source] | None:
         tier = self._tier
         version = tier.begin_read()
         if version is None or tier.generation != generation:
@@ -307,7 +309,7 @@ class EmbeddingStore:
             return None
         missing = {slot: r.rows < 0 for slot, r in reads.items()}
         if self._tier_complete or not any(m.any() for m in missing.values()):
-            return self._finish(reads, generation, now, "ram")
+            return self._finish(reads, now), "ram"
         for slot, miss in missing.items():
             if miss.any():
                 # Not resident (past the RAM budget): read from the LMDB snapshot of the same generation.
@@ -317,7 +319,7 @@ class EmbeddingStore:
                 got = self._read_slot_lmdb(txn, slot, sub)
                 reads[slot].vectors[idx] = got.vectors
                 reads[slot].updated_at_ms[idx] = got.updated_at_ms
-        return self._finish(reads, generation, now, "ram+lmdb")
+        return self._finish(reads, now), "ram+lmdb"
 
     def _read_lmdb(self, txn: Txn, normalized: dict[str, IntIds | tuple[str, ...]]) -> dict[str, TierRead]:
         return {slot: self._read_slot_lmdb(txn, slot, ids) for slot, ids in normalized.items()}
@@ -340,7 +342,7 @@ class EmbeddingStore:
         rows = np.where(found, 0, -1).astype(np.int64)
         return TierRead(rows, vectors, updated)
 
-    def _finish(self, reads: dict[str, TierRead], generation: int, now: int, source: Source) -> Lookup:
+    def _finish(self, reads: dict[str, TierRead], now: int) -> dict[str, SlotLookup]:
         out: dict[str, SlotLookup] = {}
         for slot, read in reads.items():
             config, _ = self._slots[slot]
@@ -355,7 +357,7 @@ class EmbeddingStore:
                 with self._stats_lock:
                     self._unseen[slot] = self._unseen.get(slot, 0) + int(unseen.sum())
             out[slot] = SlotLookup(vectors, read.updated_at_ms, unseen)
-        return Lookup(generation, out, source)
+        return out
 
     def _normalize(self, slot: str, ids: Ids | Sequence[int] | Sequence[str]) -> IntIds | tuple[str, ...]:
         if slot not in self._slots:
@@ -371,11 +373,16 @@ class EmbeddingStore:
             return ids
         try:
             arr = np.asarray(ids)
-            if arr.size and (arr.dtype.kind not in "iu" or arr.min() < 0):
-                raise IdOutOfRange(f"slot {slot!r} takes integer ids in 0..2**64-1")
-            return arr.astype(np.uint64)
         except (OverflowError, ValueError, TypeError) as exc:
             raise IdOutOfRange(f"slot {slot!r} takes integer ids in 0..2**64-1") from exc
+        if arr.dtype.kind in "iu" and arr.ndim == 1:
+            if arr.size and arr.dtype.kind == "i" and arr.min() < 0:
+                raise IdOutOfRange(f"slot {slot!r} takes integer ids in 0..2**64-1, got {int(arr.min())}")
+            return arr.astype(np.uint64)
+        # numpy turns a list mixing ints above 2**63 - 1 with others into float64 or object: check each exactly.
+        if arr.ndim == 1 and all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x < 2**64 for x in ids):
+            return np.asarray(ids, dtype=np.uint64)
+        raise IdOutOfRange(f"slot {slot!r} takes a list of integer ids in 0..2**64-1")
 
     # --- introspection ------------------------------------------------------------------------------------------
 

@@ -54,8 +54,7 @@ def inbox_key(producer: str, seq: int) -> bytes:
 
 
 def _parse_key(key: bytes) -> tuple[str, int]:
-    producer, _, seq = key.rpartition(b"\x00")
-    return producer.decode("utf-8"), int(_SEQ.unpack(seq)[0])
+    return key[:-9].decode("utf-8"), int(_SEQ.unpack(key[-8:])[0])
 
 
 class Inbox:
