@@ -19,7 +19,7 @@ Sparse delta, binary form (format 1), safetensors-style: a small JSON header, th
     format         u16 LE   1
     reserved       u16 LE   0
     header_len     u32 LE
-    crc32          u32 LE   zlib.crc32 of header bytes + data bytes
+    crc32          u32 LE   zlib.crc32 of the 12 bytes before it, then header bytes + data bytes
     header         header_len bytes of UTF-8 JSON:
                    {"producer": str, "seq": int, "schema_hash": str, "created_at_ms": int,
                     "slots": [{"name": str, "n": int, "dim": int, "dtype": "float32"|"float16",
@@ -64,6 +64,7 @@ MAX_HEADER_BYTES = 16 * 1024 * 1024
 MAX_PRODUCER_BYTES = 128
 MAX_SEQ = 2**63 - 1
 _PREAMBLE = struct.Struct("<4sHHII")
+_CRC_AT = 12  # the CRC covers the preamble bytes before it, so a flipped version or length is caught too
 _KEY_PREFIX = struct.Struct(">H")
 _DTYPES: dict[str, np.dtype[Any]] = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2")}
 _U64 = np.dtype("<u8")
@@ -163,7 +164,10 @@ class SparseDelta:
 
 def _ids_to_bytes(ids: Ids) -> tuple[str, bytes]:
     if isinstance(ids, tuple):
-        encoded = [s.encode("utf-8") for s in ids]
+        try:
+            encoded = [s.encode("utf-8") for s in ids]
+        except UnicodeEncodeError as exc:
+            raise IdOutOfRange(f"a string id is not encodable as UTF-8: {exc.reason}") from exc
         lengths = np.asarray([len(b) for b in encoded], dtype=_U32)
         return "str", lengths.tobytes() + b"".join(encoded)
     return "int", np.ascontiguousarray(ids, dtype=_U64).tobytes()
@@ -211,8 +215,9 @@ def encode_delta(delta: SparseDelta) -> bytes:
         }
     )
     data = b"".join(chunks)
-    crc = zlib.crc32(data, zlib.crc32(header))
-    return _PREAMBLE.pack(MAGIC, FORMAT_VERSION, 0, len(header), crc) + header + data
+    lead = _PREAMBLE.pack(MAGIC, FORMAT_VERSION, 0, len(header), 0)[:_CRC_AT]
+    crc = zlib.crc32(data, zlib.crc32(header, zlib.crc32(lead)))
+    return lead + struct.pack("<I", crc) + header + data
 
 
 def is_binary_delta(payload: bytes) -> bool:
@@ -278,7 +283,7 @@ def decode_delta(payload: bytes) -> SparseDelta:
     body = view[_PREAMBLE.size :]
     if header_len > min(len(body), MAX_HEADER_BYTES):
         raise DeltaCorrupt(f"delta payload is truncated: header of {header_len} bytes, {len(body)} bytes remain")
-    if zlib.crc32(body) != crc:
+    if zlib.crc32(body, zlib.crc32(view[:_CRC_AT])) != crc:
         raise ChecksumMismatch("delta checksum does not match its content (corrupted or truncated in transit)")
     try:
         header = orjson.loads(body[:header_len])

@@ -28,6 +28,7 @@ import hashlib
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Literal, get_args
 
 import orjson
@@ -208,19 +209,20 @@ class Manifest:
             names.add(head.name)
             outputs.add(head.output)
 
-    @property
+    # Cached on first use: the manifest is immutable and the ranker reads these per request.
+    @cached_property
     def user_features(self) -> tuple[Feature, ...]:
         return tuple(f for f in self.features if f.side == "user")
 
-    @property
+    @cached_property
     def candidate_features(self) -> tuple[Feature, ...]:
         return tuple(f for f in self.features if f.side == "candidate")
 
-    @property
+    @cached_property
     def user_width(self) -> int:
         return sum(self.feature_width(f) for f in self.user_features)
 
-    @property
+    @cached_property
     def candidate_width(self) -> int:
         return sum(self.feature_width(f) for f in self.candidate_features)
 

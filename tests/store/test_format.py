@@ -29,6 +29,8 @@ from store import (
 from store.format import decode_key, encode_int_keys, encode_str_key, encode_values, value_dtype
 
 u64 = st.integers(min_value=0, max_value=2**64 - 1)
+# Ids are UTF-8 on the wire: lone surrogates cannot be encoded (test_unencodable_string_ids_are_refused).
+text = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=6)
 
 
 @st.composite
@@ -41,7 +43,7 @@ def slot_deltas(draw: st.DrawFn) -> SlotDelta:
         ids: tuple[str, ...] | np.ndarray = tuple(
             draw(st.lists(st.text(min_size=1, max_size=6), min_size=n, max_size=n))
         )
-        tomb: tuple[str, ...] | np.ndarray = tuple(draw(st.lists(st.text(min_size=1, max_size=6), max_size=3)))
+        tomb: tuple[str, ...] | np.ndarray = tuple(draw(st.lists(text, max_size=3)))
     else:
         ids = np.asarray(draw(st.lists(u64, min_size=n, max_size=n)), dtype=np.uint64)
         tomb = np.asarray(draw(st.lists(u64, max_size=3)), dtype=np.uint64)
@@ -54,11 +56,13 @@ def slot_deltas(draw: st.DrawFn) -> SlotDelta:
 
 @st.composite
 def deltas(draw: st.DrawFn) -> SparseDelta:
-    names = draw(st.lists(st.text(min_size=1, max_size=8), min_size=1, max_size=3, unique=True))
+    names = draw(st.lists(text, min_size=1, max_size=3, unique=True))
     return SparseDelta(
-        producer=draw(st.text(st.characters(blacklist_characters="\x00"), min_size=1, max_size=10)),
+        producer=draw(
+            st.text(st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",)), min_size=1, max_size=10)
+        ),
         seq=draw(st.integers(1, 2**63 - 1)),
-        schema_hash=draw(st.text(max_size=12)),
+        schema_hash=draw(st.text(st.characters(blacklist_categories=("Cs",)), max_size=12)),
         created_at_ms=draw(st.integers(0, 2**41)),
         slots={name: draw(slot_deltas()) for name in names},
     )
@@ -149,7 +153,8 @@ def test_forged_header_with_a_valid_checksum_is_still_checked() -> None:
     header["slots"][0]["n"] = 1000
     new_header = orjson.dumps(header)
     data = good[16 + header_len :]
-    forged = struct.pack("<4sHHII", b"LRDL", 1, 0, len(new_header), zlib.crc32(data, zlib.crc32(new_header)))
+    lead = struct.pack("<4sHHI", b"LRDL", 1, 0, len(new_header))
+    forged = lead + struct.pack("<I", zlib.crc32(data, zlib.crc32(new_header, zlib.crc32(lead))))
     with pytest.raises(DeltaCorrupt, match="1000 integer ids need 8000 bytes"):
         decode_delta(forged + new_header + data)
 
@@ -220,3 +225,9 @@ def test_str_hash_is_the_documented_blake2b() -> None:
     import hashlib
 
     assert hash_str_id("abc") == int.from_bytes(hashlib.blake2b(b"abc", digest_size=8).digest(), "big")
+
+
+def test_unencodable_string_ids_are_refused() -> None:
+    bad = SlotDelta(("\ud800",), np.ones((1, 2), np.float32), np.ones(1))
+    with pytest.raises(IdOutOfRange, match="UTF-8"):
+        encode_delta(SparseDelta("p", 1, "", 0, {"s": bad}))

@@ -1,0 +1,111 @@
+"""The serving core's exception tree, drawn once.
+
+Every error carries a stable machine-readable ``code`` and a message meant for the person who sent the bad
+input. No HTTP status lives here: ``serving/api/`` owns the map from codes to statuses.
+"""
+
+from __future__ import annotations
+
+
+class ServingError(Exception):
+    """Base of every error the serving core raises on purpose."""
+
+    code = "serving_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+# --- model bundles: nothing was loaded, the live model is untouched ---------------------------------------
+
+
+class BundleInvalid(ServingError):
+    """A model bundle is malformed, inconsistent with its manifest, or produces unusable outputs."""
+
+    code = "invalid_bundle"
+
+
+class BundleArchiveUnsafe(BundleInvalid):
+    """A bundle archive holds something other than two regular files at its top (links, paths, extras)."""
+
+    code = "unsafe_archive"
+
+
+class BundleTooLarge(BundleInvalid):
+    """A bundle archive (or one of its files) is larger than the configured limit."""
+
+    code = "bundle_too_large"
+
+
+class BundleIncompatible(BundleInvalid):
+    """A bundle's slots contradict the rows already stored (same slot name, other dim, dtype or id kind)."""
+
+    code = "incompatible_bundle"
+
+
+class NoBundle(ServingError):
+    """No model bundle is live yet: nothing can be ranked."""
+
+    code = "no_bundle"
+
+
+class NoPreviousBundle(ServingError):
+    """Rollback asked for, but no earlier bundle is kept."""
+
+    code = "no_previous_bundle"
+
+
+# --- ranking requests: nothing was computed -------------------------------------------------------------------
+
+
+class RequestInvalid(ServingError):
+    """A ranking request does not fit the live model's features or the server's limits."""
+
+    code = "invalid_request"
+
+
+class InvalidJson(RequestInvalid):
+    code = "invalid_json"
+
+
+class UnknownFeature(RequestInvalid):
+    code = "unknown_feature"
+
+
+class MissingFeature(RequestInvalid):
+    code = "missing_feature"
+
+
+class WrongType(RequestInvalid):
+    code = "wrong_type"
+
+
+class RaggedColumns(RequestInvalid):
+    code = "ragged_columns"
+
+
+class EmptyCandidates(RequestInvalid):
+    code = "empty_candidates"
+
+
+class LimitExceeded(RequestInvalid):
+    """A request is over a configured size limit (candidates, ids per list, k, body bytes)."""
+
+    code = "limit_exceeded"
+
+
+class UnknownHead(RequestInvalid):
+    code = "unknown_head"
+
+
+class BodyTooLarge(ServingError):
+    """A request body is larger than the endpoint accepts."""
+
+    code = "body_too_large"
+
+
+class WaitTimeout(ServingError):
+    """``?wait=visible`` gave up: the delta is queued but was not applied in time."""
+
+    code = "wait_timeout"
