@@ -109,3 +109,9 @@ class WaitTimeout(ServingError):
     """``?wait=visible`` gave up: the delta is queued but was not applied in time."""
 
     code = "wait_timeout"
+
+
+class ConfigInvalid(ServingError):
+    """The server's settings cannot work (e.g. no admin token on a non-loopback address)."""
+
+    code = "invalid_config"

@@ -225,6 +225,10 @@ class EmbeddingStore:
                     self._catch_up()
             return result
 
+    def validate(self, delta: SparseDelta) -> None:
+        """Check a delta against the slots and the bound schema without writing it (e.g. before queueing)."""
+        prepare_delta(delta, self._slots, self._schema_hash)
+
     def flush(self) -> None:
         self._lmdb.flush()
 

@@ -1,0 +1,31 @@
+"""Bearer-token auth for /admin/*: constant-time comparison, and the token never reaches a log line."""
+
+from __future__ import annotations
+
+import hmac
+
+from fastapi import Request
+
+from serving.errors import ServingError
+
+
+class Unauthorized(ServingError):
+    code = "unauthorized"
+
+
+class Forbidden(ServingError):
+    code = "forbidden"
+
+
+def require_admin(request: Request) -> None:
+    """FastAPI dependency: pass with the configured bearer token (or when the server runs open on localhost)."""
+    settings = request.app.state.services.settings
+    if settings.admin_token is None:
+        return  # only possible with --open-admin on a loopback host (checked at start-up)
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise Unauthorized("admin endpoints need 'Authorization: Bearer <token>'")
+    expected = settings.admin_token.get_secret_value().encode("utf-8")
+    if not hmac.compare_digest(token.strip().encode("utf-8"), expected):
+        raise Forbidden("the admin token is not valid")

@@ -1,0 +1,101 @@
+"""The HTTP shell's one error body, ``{"detail": ..., "code": ...}``, and the map from domain codes to statuses."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from serving.errors import ServingError
+from store import SequenceGap, StoreError
+
+log = logging.getLogger(__name__)
+
+STATUS_BY_CODE: dict[str, int] = {
+    # deltas
+    "invalid_delta": 422,
+    "delta_corrupt": 422,
+    "checksum_mismatch": 422,
+    "unsupported_format": 422,
+    "unknown_slot": 422,
+    "dim_mismatch": 422,
+    "dtype_mismatch": 422,
+    "non_finite_values": 422,
+    "id_out_of_range": 422,
+    "schema_mismatch": 409,
+    "sequence_gap": 409,
+    "inbox_full": 429,
+    "store_full": 507,
+    # bundles
+    "invalid_bundle": 422,
+    "unsafe_archive": 422,
+    "incompatible_bundle": 422,
+    "invalid_manifest": 422,
+    "bundle_too_large": 413,
+    "no_bundle": 503,
+    "no_previous_bundle": 409,
+    # ranking requests
+    "invalid_request": 422,
+    "invalid_json": 422,
+    "unknown_feature": 422,
+    "missing_feature": 422,
+    "wrong_type": 422,
+    "ragged_columns": 422,
+    "empty_candidates": 422,
+    "limit_exceeded": 422,
+    "unknown_head": 422,
+    "body_too_large": 413,
+    # auth
+    "unauthorized": 401,
+    "forbidden": 403,
+}
+RETRY_AFTER_S = {"inbox_full": "1", "no_bundle": "5"}
+
+
+def error_response(status: int, code: str, detail: str, extra: dict[str, Any] | None = None) -> Response:
+    body: dict[str, Any] = {"detail": detail, "code": code, **(extra or {})}
+    headers = {"Retry-After": RETRY_AFTER_S[code]} if code in RETRY_AFTER_S else None
+    if status == 401:
+        headers = {**(headers or {}), "WWW-Authenticate": "Bearer"}
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json", headers=headers)
+
+
+def _domain_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StoreError | ServingError)
+    status = STATUS_BY_CODE.get(exc.code, 400)
+    extra: dict[str, Any] = {}
+    if isinstance(exc, SequenceGap):
+        extra = {"producer": exc.producer, "expected_seq": exc.expected, "got_seq": exc.got}
+    if status >= 500 and status not in {503, 507}:
+        log.error("%s %s failed: %s", request.method, request.url.path, exc.message)
+    return error_response(status, exc.code, exc.message, extra)
+
+
+def _validation_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    parts = [f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', 'invalid')}" for e in exc.errors()]
+    return error_response(422, "invalid_request", "; ".join(parts) or "invalid request")
+
+
+def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    codes = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized", 403: "forbidden", 413: "body_too_large"}
+    return error_response(exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail))
+
+
+def _unexpected(request: Request, exc: Exception) -> Response:
+    log.exception("unexpected error in %s %s", request.method, request.url.path)
+    return error_response(500, "internal_error", "internal error; the server log has the details")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(StoreError, _domain_error)
+    app.add_exception_handler(ServingError, _domain_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected)

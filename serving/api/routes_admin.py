@@ -1,0 +1,96 @@
+"""/admin/*: pushed deltas, bundle uploads, rollback and status. Bearer token required."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Literal
+
+import orjson
+from fastapi import APIRouter, Depends, Query, Request
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import Response
+
+from serving.api.auth import require_admin
+from serving.api.body import read_body
+from serving.model_slot import LiveModel
+from serving.services import Services
+
+router = APIRouter(prefix="/admin", dependencies=[Depends(require_admin)])
+
+_BINARY = {"schema": {"type": "string", "format": "binary"}}
+
+
+def _json(body: dict[str, Any], status: int = 200) -> Response:
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json")
+
+
+@router.post(
+    "/deltas",
+    summary="Queue a sparse delta (binary or JSON form); ?wait=visible answers once it is applied",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/octet-stream": _BINARY, "application/json": {"schema": {"type": "object"}}},
+        }
+    },
+)
+async def push_delta(request: Request, wait: Literal["visible"] | None = Query(None)) -> Response:
+    services: Services = request.app.state.services
+    received_at_ms = time.time_ns() // 1_000_000
+    body = await read_body(request, services.settings.max_delta_body_bytes)
+    result = await run_in_threadpool(services.intake.submit, body, received_at_ms)
+    answer: dict[str, Any] = {"status": result.status, "producer": result.producer, "seq": result.seq}
+    if result.status == "duplicate":
+        return _json({**answer, "epoch": services.epoch()}, 200)
+    if wait == "visible":
+        visible = await run_in_threadpool(
+            services.updater.wait_applied, result.producer, result.seq, services.settings.wait_visible_timeout_s
+        )
+        if visible:
+            return _json({**answer, "status": "visible", "epoch": services.epoch()}, 200)
+        return _json({**answer, "visible": False, "inbox_depth": services.inbox.depth()}, 202)
+    return _json({**answer, "inbox_depth": result.depth}, 202)
+
+
+def _live_answer(services: Services, live: LiveModel) -> Response:
+    services.note_live_bundle()
+    m = live.manifest
+    return _json(
+        {
+            "status": "live",
+            "bundle_id": live.bundle_id,
+            "model": m.model,
+            "version": m.version,
+            "schema_hash": m.schema_hash,
+            "epoch": services.epoch(),
+        }
+    )
+
+
+@router.post(
+    "/bundles",
+    summary="Upload a dense snapshot (tar or tar.gz of manifest.json + dense.onnx); checked, warmed, then swapped in",
+    openapi_extra={
+        "requestBody": {"required": True, "content": {"application/gzip": _BINARY, "application/x-tar": _BINARY}}
+    },
+)
+async def upload_bundle(request: Request) -> Response:
+    services: Services = request.app.state.services
+    body = await read_body(request, services.settings.max_bundle_bytes)
+    live = await run_in_threadpool(services.bundles.install_archive, body)
+    services.metrics.bundle_swaps.labels(how="upload").inc()
+    return _live_answer(services, live)
+
+
+@router.post("/rollback", summary="Make the previous bundle live again")
+async def rollback(request: Request) -> Response:
+    services: Services = request.app.state.services
+    live = await run_in_threadpool(services.bundles.rollback)
+    services.metrics.bundle_swaps.labels(how="rollback").inc()
+    return _live_answer(services, live)
+
+
+@router.get("/status", summary="Epoch, sequences, inbox, freshness, store stats, bundle history")
+async def status(request: Request) -> Response:
+    services: Services = request.app.state.services
+    return _json(await run_in_threadpool(services.status))

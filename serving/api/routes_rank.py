@@ -1,0 +1,61 @@
+"""POST /v1/rank: columnar JSON in, top-k with scores, the model epoch and per-answer stats out."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import Response
+
+from serving.api.body import read_body
+from serving.errors import InvalidJson
+from serving.services import Services
+
+router = APIRouter()
+
+RANK_REQUEST_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["candidates"],
+    "additionalProperties": False,
+    "properties": {
+        "user": {"type": "object", "description": "user feature name -> id, id list or number"},
+        "candidates": {"type": "object", "description": "candidate feature name -> column (one value per candidate)"},
+        "k": {"type": "integer", "minimum": 1, "default": 50},
+        "blend": {"type": "object", "additionalProperties": {"type": "number"}, "description": "head -> weight"},
+    },
+}
+
+
+def rank_json(services: Services, body: bytes) -> bytes:
+    """Parse, rank and serialise on a worker thread (the event loop only moves bytes)."""
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidJson(f"request body is not valid JSON: {exc}") from exc
+    result = services.ranker.rank(doc)
+    metrics = services.metrics
+    metrics.lookup_seconds.observe(result.lookup_s)
+    metrics.dense_seconds.observe(result.dense_s)
+    metrics.lookup_source.labels(source=result.source).inc()
+    for slot, n in result.ids_by_slot.items():
+        metrics.lookup_ids.labels(slot=slot).inc(n)
+        unseen = result.unseen_by_slot.get(slot, 0)
+        if unseen:
+            metrics.unseen_ids.labels(slot=slot).inc(unseen)
+    if result.embedding_age_max_s is not None:
+        metrics.embedding_age_seconds.observe(result.embedding_age_max_s)
+    return orjson.dumps(result.to_json())
+
+
+@router.post(
+    "/v1/rank",
+    summary="Rank candidates for one user with the live model",
+    openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": RANK_REQUEST_SCHEMA}}}},
+)
+async def rank(request: Request) -> Response:
+    services: Services = request.app.state.services
+    body = await read_body(request, services.settings.max_rank_body_bytes)
+    payload = await run_in_threadpool(rank_json, services, body)
+    return Response(payload, media_type="application/json")

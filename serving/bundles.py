@@ -1,0 +1,185 @@
+"""``BundleManager``: bundles on disk, going live, rollback, and the record of what is live.
+
+Layout: ``<data_dir>/bundles/<bundle_id>/`` (manifest.json + dense.onnx), where ``bundle_id`` is
+``<6-digit install number>-<version>``. The live bundle and the history (newest last) are one record in the
+store's LMDB meta, written after the bundle's directory is complete, so a crash mid-install leaves the old
+bundle live and at worst an ``.incoming-*`` directory, removed at the next start.
+
+Going live: unpack, read, build the ONNX session, check it against the manifest, warm it, check the slots fit the
+rows already stored, then declare the slots, bind the store to the new schema and replace the live reference.
+Any failure before the last step changes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from serving.bundle import Bundle, extract_bundle_archive, load_bundle_dir
+from serving.errors import BundleIncompatible, BundleInvalid, NoPreviousBundle
+from serving.model_slot import LiveModel, ModelSlot
+from serving.runner import OnnxRunner
+from store import EmbeddingStore
+
+log = logging.getLogger(__name__)
+
+RECORD = "bundles"
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+@dataclass(frozen=True)
+class BundleRecord:
+    live: str | None
+    history: list[str]  # bundle ids, oldest first; includes the live one
+
+    def to_json(self) -> dict[str, Any]:
+        return {"live": self.live, "history": self.history}
+
+
+class BundleManager:
+    """Installs, restores and rolls back bundles; owns ``<data_dir>/bundles``."""
+
+    def __init__(
+        self,
+        root: Path,
+        store: EmbeddingStore,
+        model_slot: ModelSlot,
+        *,
+        onnx_threads: int,
+        keep: int,
+        max_bundle_bytes: int,
+    ) -> None:
+        self.root = root
+        self._store = store
+        self._slot = model_slot
+        self._onnx_threads = onnx_threads
+        self._keep = keep
+        self._max_bundle_bytes = max_bundle_bytes
+        self.root.mkdir(parents=True, exist_ok=True)
+        for stale in self.root.glob(".incoming-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+
+    # --- the record ---------------------------------------------------------------------------------------------
+
+    def record(self) -> BundleRecord:
+        raw = self._store.lmdb.get_app_record(RECORD)
+        if not raw:
+            return BundleRecord(None, [])
+        return BundleRecord(raw.get("live"), list(raw.get("history", [])))
+
+    def _save(self, record: BundleRecord) -> None:
+        self._store.lmdb.put_app_record(RECORD, record.to_json())
+
+    def history(self) -> list[dict[str, Any]]:
+        record = self.record()
+        out = []
+        for bundle_id in record.history:
+            entry: dict[str, Any] = {"bundle_id": bundle_id, "live": bundle_id == record.live}
+            try:
+                manifest = load_bundle_dir(self.root / bundle_id).manifest
+                entry.update(model=manifest.model, version=manifest.version, schema_hash=manifest.schema_hash)
+            except BundleInvalid as exc:
+                entry["error"] = exc.message
+            out.append(entry)
+        return out
+
+    # --- going live ---------------------------------------------------------------------------------------------
+
+    def install_archive(self, payload: bytes) -> LiveModel:
+        """Unpack an uploaded archive and make it live (or raise and change nothing)."""
+        incoming = self.root / f".incoming-{uuid.uuid4().hex}"
+        try:
+            extract_bundle_archive(
+                payload, incoming, max_total_bytes=self._max_bundle_bytes, max_member_bytes=self._max_bundle_bytes
+            )
+            return self.install_dir(incoming, move=True)
+        finally:
+            shutil.rmtree(incoming, ignore_errors=True)
+
+    def install_dir(self, source: Path, *, move: bool = False) -> LiveModel:
+        """Make the bundle in ``source`` live: built and warmed before anything changes."""
+        with self._slot.swap_lock:
+            bundle = load_bundle_dir(source)
+            runner = self._prepare(bundle)
+            record = self.record()
+            number = 1 + max((int(b.split("-", 1)[0]) for b in record.history), default=0)
+            bundle_id = f"{number:06d}-{_UNSAFE.sub('_', bundle.version)[:64]}"
+            target = self.root / bundle_id
+            if move:
+                source.rename(target)
+            else:
+                shutil.copytree(source, target)
+            bundle = Bundle(bundle.manifest, bundle.onnx_bytes, target)
+            history = [*record.history, bundle_id]
+            live = self._go_live(bundle_id, bundle, runner, history)
+            self._prune(history)
+            return live
+
+    def restore(self) -> LiveModel | None:
+        """At start-up: load the recorded live bundle again (or the newest earlier one that still loads)."""
+        record = self.record()
+        candidates = [record.live] if record.live else []
+        candidates += [b for b in reversed(record.history) if b != record.live]
+        for bundle_id in candidates:
+            assert bundle_id is not None
+            try:
+                bundle = load_bundle_dir(self.root / bundle_id)
+                runner = self._prepare(bundle)
+            except BundleInvalid as exc:
+                log.error("bundle %s cannot go live again: %s", bundle_id, exc.message)
+                continue
+            with self._slot.swap_lock:
+                return self._go_live(bundle_id, bundle, runner, record.history)
+        return None
+
+    def rollback(self) -> LiveModel:
+        """Make the bundle before the live one live again; the live one leaves the history."""
+        with self._slot.swap_lock:
+            record = self.record()
+            if record.live is None or record.live not in record.history:
+                raise NoPreviousBundle("no bundle is live, so there is nothing to roll back from")
+            position = record.history.index(record.live)
+            if position == 0:
+                raise NoPreviousBundle(f"bundle {record.live} is the oldest kept; there is no earlier one")
+            previous = record.history[position - 1]
+            bundle = load_bundle_dir(self.root / previous)
+            runner = self._prepare(bundle)
+            history = [b for b in record.history if b != record.live]
+            dropped = record.live
+            live = self._go_live(previous, bundle, runner, history)
+            shutil.rmtree(self.root / dropped, ignore_errors=True)
+            return live
+
+    def _prepare(self, bundle: Bundle) -> OnnxRunner:
+        runner = OnnxRunner.build(bundle, intra_op_threads=self._onnx_threads)
+        runner.warm_up()
+        stored = self._store.slots
+        for slot in bundle.manifest.slots:
+            old = stored.get(slot.name)
+            if old is not None and not old.storage_compatible(slot):
+                raise BundleIncompatible(
+                    f"slot {slot.name!r} is stored as dim {old.dim} {old.dtype} {old.id_kind} ids, the bundle "
+                    f"declares dim {slot.dim} {slot.dtype} {slot.id_kind} ids"
+                )
+        return runner
+
+    def _go_live(self, bundle_id: str, bundle: Bundle, runner: OnnxRunner, history: list[str]) -> LiveModel:
+        self._store.declare_slots(list(bundle.manifest.slots))
+        self._store.bind_schema(bundle.manifest.schema_hash)
+        self._save(BundleRecord(bundle_id, history))
+        live = LiveModel(bundle_id, bundle, runner, time.time_ns() // 1_000_000)
+        self._slot.replace(live)
+        log.info("bundle %s (model %s version %s) is live", bundle_id, bundle.manifest.model, bundle.version)
+        return live
+
+    def _prune(self, history: list[str]) -> None:
+        while len(history) > self._keep:
+            oldest = history.pop(0)
+            shutil.rmtree(self.root / oldest, ignore_errors=True)
+        self._save(BundleRecord(self.record().live, history))

@@ -1,0 +1,67 @@
+"""``liverank serve``: run the ranking server (uvicorn, one process).
+
+Settings come from ``LIVERANK_*`` environment variables; flags override them. The store and the live bundle are
+opened before the HTTP server starts, so a bad store directory or a broken bundle ends the command with one
+clear line and a non-zero exit code instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import uvicorn
+from pydantic import ValidationError
+
+from serving.api.app import create_app
+from serving.errors import ServingError
+from serving.services import Services, check_settings
+from serving.settings import Settings
+from store import StoreError
+
+log = logging.getLogger("liverank.serve")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="liverank serve", description="Run the liverank ranking server.")
+    p.add_argument("--data-dir", type=Path, help="directory holding store/ and bundles/ (LIVERANK_DATA_DIR)")
+    p.add_argument("--bundle", type=Path, help="bundle directory to make live if none is live yet (LIVERANK_BUNDLE)")
+    p.add_argument("--host", help="address to listen on (LIVERANK_HOST, default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (LIVERANK_PORT, default 8000)")
+    p.add_argument(
+        "--open-admin", action="store_true", default=None, help="no admin token, allowed on loopback hosts only"
+    )
+    p.add_argument("--durability", choices=["process", "power"], help="LIVERANK_DURABILITY (default process)")
+    p.add_argument("--map-size-bytes", type=int, help="LMDB map size (LIVERANK_MAP_SIZE_BYTES)")
+    p.add_argument("--ram-budget-rows", type=int, help="rows kept in the RAM tier (LIVERANK_RAM_BUDGET_ROWS)")
+    p.add_argument("--onnx-threads", type=int, help="intra-op threads per ONNX session (LIVERANK_ONNX_THREADS)")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    return p
+
+
+def main(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    overrides = {key: value for key, value in vars(args).items() if key != "log_level" and value is not None}
+    try:
+        settings = Settings(**overrides)
+        check_settings(settings)
+        services = Services.open(settings)
+    except ValidationError as exc:
+        print(f"liverank serve: invalid settings: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}", file=sys.stderr)
+        return 2
+    except (StoreError, ServingError) as exc:
+        print(f"liverank serve: cannot start: {exc.message}", file=sys.stderr)
+        return 2 if exc.code == "invalid_config" else 1
+    except OSError as exc:
+        print(f"liverank serve: cannot start: {exc}", file=sys.stderr)
+        return 1
+    app = create_app(settings, services=services)
+    config = uvicorn.Config(
+        app, host=settings.host, port=settings.port, log_level=args.log_level, access_log=False, lifespan="on"
+    )
+    server = uvicorn.Server(config)
+    server.run()
+    return 0 if server.started else 1

@@ -1,0 +1,165 @@
+"""``Services``: every long-lived part of a server, opened and closed in one place (the app's lifespan owns it).
+
+Opening order: store (LMDB + RAM tier warm-up), bundles (the last live bundle goes live again, or the configured
+start-up bundle), updater (drains what the inbox still holds). Closing runs in reverse.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from serving.bundles import BundleManager
+from serving.errors import ConfigInvalid
+from serving.intake import DeltaIntake
+from serving.metrics import Metrics
+from serving.model_slot import ModelSlot
+from serving.ranker import Ranker
+from serving.request import Limits
+from serving.settings import LOOPBACK_HOSTS, Settings
+from serving.updater import Updater
+from store import EmbeddingStore, Inbox
+
+log = logging.getLogger(__name__)
+
+
+def check_settings(settings: Settings) -> None:
+    """Refuse settings that would expose the admin API without a token."""
+    if settings.admin_token is None or not settings.admin_token.get_secret_value():
+        if not settings.open_admin:
+            raise ConfigInvalid(
+                "no admin token: set LIVERANK_ADMIN_TOKEN (or --open-admin to run /admin/* without one on localhost)"
+            )
+        if settings.host not in LOOPBACK_HOSTS:
+            raise ConfigInvalid(f"--open-admin is allowed only on a loopback host, not on {settings.host!r}")
+
+
+@dataclass
+class Services:
+    settings: Settings
+    store: EmbeddingStore
+    inbox: Inbox
+    metrics: Metrics
+    model_slot: ModelSlot
+    bundles: BundleManager
+    ranker: Ranker
+    updater: Updater
+    intake: DeltaIntake
+    started_at_ms: int
+
+    @classmethod
+    def open(cls, settings: Settings) -> Services:
+        check_settings(settings)
+        started = time.perf_counter()
+        store = EmbeddingStore.open(
+            settings.store_path,
+            map_size_bytes=settings.map_size_bytes,
+            durability=settings.durability,
+            ram_budget_rows=settings.ram_budget_rows,
+        )
+        try:
+            return cls._assemble(settings, store, started)
+        except BaseException:
+            store.close()
+            raise
+
+    @classmethod
+    def _assemble(cls, settings: Settings, store: EmbeddingStore, started: float) -> Services:
+        metrics = Metrics()
+        model_slot = ModelSlot()
+        bundles = BundleManager(
+            settings.bundles_path,
+            store,
+            model_slot,
+            onnx_threads=settings.onnx_threads,
+            keep=settings.bundle_history,
+            max_bundle_bytes=settings.max_bundle_bytes,
+        )
+        live = bundles.restore()
+        if live is None and settings.bundle is not None:
+            live = bundles.install_dir(settings.bundle)
+            metrics.bundle_swaps.labels(how="startup").inc()
+        inbox = Inbox(store.lmdb, settings.inbox_max_depth)
+        updater = Updater(
+            store,
+            inbox,
+            metrics,
+            poll_s=settings.updater_poll_s,
+            flush_interval_s=settings.flush_interval_s,
+            sweep_interval_s=settings.sweep_interval_s,
+            follow_bundles=None,
+        )
+        limits = Limits(settings.max_candidates, settings.max_list_ids, settings.max_k)
+        services = cls(
+            settings=settings,
+            store=store,
+            inbox=inbox,
+            metrics=metrics,
+            model_slot=model_slot,
+            bundles=bundles,
+            ranker=Ranker(store, model_slot, limits),
+            updater=updater,
+            intake=DeltaIntake(store, inbox, updater, metrics),
+            started_at_ms=time.time_ns() // 1_000_000,
+        )
+        services.note_live_bundle()
+        updater.start()
+        log.info(
+            "liverank ready to start in %.1f s: store %s, bundle %s",
+            time.perf_counter() - started,
+            settings.store_path,
+            live.bundle_id if live else "none (upload one to POST /admin/bundles)",
+        )
+        return services
+
+    def close(self) -> None:
+        self.updater.stop()
+        self.store.close()
+
+    def note_live_bundle(self) -> None:
+        """Point the bundle-info metric at the live bundle."""
+        self.metrics.bundle_info.clear()
+        live = self.model_slot.live
+        if live is not None:
+            m = live.manifest
+            self.metrics.bundle_info.labels(live.bundle_id, m.model, m.version, m.schema_hash).set(1)
+
+    def epoch(self) -> dict[str, Any]:
+        live = self.model_slot.live
+        return {"dense_version": None if live is None else live.version, "sparse_seq": self.store.applied_seqs()}
+
+    def status(self) -> dict[str, Any]:
+        stats = self.store.stats()
+        return {
+            "epoch": self.epoch(),
+            "applied_seq": stats.applied_seq,
+            "inbox_depth": self.inbox.depth(),
+            "last_apply_ms": self.updater.last_apply_ms,
+            "push_to_visible": self.updater.push_to_visible_summary(),
+            "ready": self.ready()[0],
+            "store": {
+                "generation": stats.generation,
+                "schema_hash": stats.schema_hash,
+                "rows_by_slot": stats.rows_by_slot,
+                "resident_rows_by_slot": stats.resident_rows_by_slot,
+                "ram_budget_rows": stats.ram_budget_rows,
+                "used_bytes": stats.used_bytes,
+                "map_size_bytes": stats.map_size_bytes,
+                "durability": stats.durability,
+                "unseen_by_slot": stats.unseen_by_slot,
+            },
+            "bundles": self.bundles.history(),
+            "quarantined_deltas": self.store.lmdb.get_app_record("quarantine") or [],
+            "started_at_ms": self.started_at_ms,
+        }
+
+    def ready(self) -> tuple[bool, str]:
+        if self.model_slot.live is None:
+            return False, "no bundle is live"
+        if not self.updater.drained_at_start.is_set():
+            return False, "applying the deltas queued before start-up"
+        if not self.updater.alive:
+            return False, "the updater thread has stopped"
+        return True, "ready"

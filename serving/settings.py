@@ -1,0 +1,53 @@
+"""Server settings, read from ``LIVERANK_*`` environment variables (or passed in by the CLI and tests)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
+
+
+class Settings(BaseSettings):
+    """Everything ``liverank serve`` can be told. Units are in the names."""
+
+    model_config = SettingsConfigDict(env_prefix="LIVERANK_", extra="forbid")
+
+    data_dir: Path = Field(Path("liverank-data"), description="holds store/ (LMDB) and bundles/")
+    bundle: Path | None = Field(None, description="a bundle directory to go live at start-up if none is live yet")
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+
+    admin_token: SecretStr | None = Field(None, description="bearer token for /admin/*")
+    open_admin: bool = Field(False, description="run /admin/* without a token; allowed only on a loopback host")
+
+    map_size_bytes: int = Field(64 * 1024**3, ge=1 << 20, description="LMDB map size, fixed at open")
+    durability: Literal["process", "power"] = "process"
+    ram_budget_rows: int = Field(50_000_000, ge=0)
+    flush_interval_s: float = Field(1.0, gt=0, description="how often committed data is fsynced (durability=process)")
+    sweep_interval_s: float = Field(30.0, gt=0)
+    inbox_max_depth: int = Field(1_000, ge=1)
+    updater_poll_s: float = Field(0.002, gt=0, description="idle wait between inbox checks")
+
+    max_candidates: int = Field(2_000, ge=1)
+    max_list_ids: int = Field(256, ge=1, description="ids per list feature value (also capped by the manifest)")
+    max_rank_body_bytes: int = Field(8 * 1024**2, ge=1024)
+    max_delta_body_bytes: int = Field(256 * 1024**2, ge=1024)
+    max_bundle_bytes: int = Field(512 * 1024**2, ge=1024)
+    max_k: int = Field(1_000, ge=1)
+    wait_visible_timeout_s: float = Field(30.0, gt=0)
+
+    onnx_threads: int = Field(1, ge=1, description="intra-op threads per ONNX Runtime session")
+    bundle_history: int = Field(5, ge=2, description="bundles kept on disk for rollback")
+    gc_freeze: bool = Field(True, description="gc.freeze() after start-up: long-lived objects leave the GC's scans")
+
+    @property
+    def store_path(self) -> Path:
+        return self.data_dir / "store"
+
+    @property
+    def bundles_path(self) -> Path:
+        return self.data_dir / "bundles"

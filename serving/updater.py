@@ -1,0 +1,207 @@
+"""The updater: a long-lived thread, owned by the app's lifespan, that keeps the served model current.
+
+It drains the durable inbox into the store in sequence order, fsyncs committed data on a timer (durability
+"process"), sweeps expired rows, and follows bundle changes made by other worker processes. One bad artifact is
+logged, counted and quarantined, and serving goes on; ranking threads never wait for it.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from serving.metrics import Metrics
+from store import DeltaError, EmbeddingStore, Inbox, InboxEntry, SchemaMismatch, SequenceGap, StoreError, StoreFull
+
+log = logging.getLogger(__name__)
+
+QUARANTINE_RECORD = "quarantine"
+_QUARANTINE_KEEP = 100
+_BACKOFF_S = 1.0
+
+
+class Updater:
+    """Applies queued deltas and does the store's housekeeping, on one background thread."""
+
+    def __init__(
+        self,
+        store: EmbeddingStore,
+        inbox: Inbox,
+        metrics: Metrics,
+        *,
+        poll_s: float,
+        flush_interval_s: float,
+        sweep_interval_s: float,
+        follow_bundles: Callable[[], None] | None = None,
+    ) -> None:
+        self._store = store
+        self._inbox = inbox
+        self._metrics = metrics
+        self._poll_s = poll_s
+        self._flush_interval_s = flush_interval_s
+        self._sweep_interval_s = sweep_interval_s
+        self._follow_bundles = follow_bundles
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._applied = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name="liverank-updater", daemon=True)
+        self._waiting_schema: set[bytes] = set()
+        self.drained_at_start = threading.Event()
+        self.last_apply_ms: int | None = None
+        self.push_to_visible_s: collections.deque[float] = collections.deque(maxlen=2048)
+
+    # --- lifecycle ----------------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout_s)
+
+    def wake(self) -> None:
+        """A delta was queued: look now instead of at the next poll."""
+        self._wake.set()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    # --- waiting for visibility ---------------------------------------------------------------------------------
+
+    def wait_applied(self, producer: str, seq: int, timeout_s: float) -> bool:
+        """Block until ``producer``'s ``seq`` is applied (by this process or another), or the timeout passes."""
+        deadline = time.monotonic() + timeout_s
+        with self._applied:
+            while self._store.applied_seq(producer) < seq:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                # Another worker process may apply it: re-check the store now and then, not only on notify.
+                self._applied.wait(min(left, 0.01))
+        return True
+
+    # --- the loop -----------------------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        next_flush = next_sweep = next_follow = time.monotonic()
+        while not self._stop.is_set():
+            try:
+                progressed = self._drain()
+                now = time.monotonic()
+                if now >= next_flush:
+                    if self._store.lmdb.durability == "process":
+                        self._store.flush()
+                    next_flush = now + self._flush_interval_s
+                if now >= next_sweep:
+                    self._sweep()
+                    next_sweep = now + self._sweep_interval_s
+                if self._follow_bundles is not None and now >= next_follow:
+                    self._follow_bundles()
+                    next_follow = now + 1.0
+            except Exception:
+                log.exception("updater loop failed; retrying in %.1f s", _BACKOFF_S)
+                self._metrics.updater_failures.labels(kind="internal").inc()
+                self._stop.wait(_BACKOFF_S)
+                continue
+            if not progressed:
+                self._wake.wait(self._poll_s)
+                self._wake.clear()
+
+    def _drain(self) -> bool:
+        """Apply what the inbox holds, oldest first per producer. True if anything was applied."""
+        entries = self._inbox.pending(limit=256)
+        self._metrics.inbox_depth.set(self._inbox.depth() if len(entries) == 256 else len(entries))
+        if not entries:
+            self.drained_at_start.set()
+            return False
+        blocked: set[str] = set()
+        applied_any = False
+        for entry in entries:
+            if entry.producer in blocked:
+                continue
+            if not self._apply(entry):
+                blocked.add(entry.producer)  # later sequences of this producer must wait for this one
+                continue
+            applied_any = True
+        if not applied_any and not self.drained_at_start.is_set() and all(e.producer in blocked for e in entries):
+            self.drained_at_start.set()  # what is left waits for a bundle; serving must not wait for it
+        return applied_any
+
+    def _apply(self, entry: InboxEntry) -> bool:
+        try:
+            delta = entry.delta()
+            result = self._store.apply(delta, inbox_key=entry.key, payload=entry.payload)
+        except SchemaMismatch as exc:
+            if entry.key not in self._waiting_schema:
+                self._waiting_schema.add(entry.key)
+                self._metrics.updater_failures.labels(kind="schema_mismatch").inc()
+                log.warning("delta %s/%s waits for a bundle of its schema: %s", entry.producer, entry.seq, exc.message)
+            return False
+        except StoreFull as exc:
+            self._metrics.updater_failures.labels(kind="store_full").inc()
+            log.error("delta %s/%s not applied, store full: %s", entry.producer, entry.seq, exc.message)
+            self._stop.wait(_BACKOFF_S)
+            return False
+        except (DeltaError, SequenceGap) as exc:
+            self._quarantine(entry, exc)
+            return False
+        except StoreError as exc:
+            self._metrics.updater_failures.labels(kind=exc.code).inc()
+            log.error("delta %s/%s not applied: %s", entry.producer, entry.seq, exc.message)
+            self._stop.wait(_BACKOFF_S)
+            return False
+        self._waiting_schema.discard(entry.key)
+        now_ms = time.time_ns() // 1_000_000
+        if result.status == "applied":
+            visible_s = max(0.0, (now_ms - entry.received_at_ms) / 1000.0)
+            self.push_to_visible_s.append(visible_s)
+            self._metrics.push_to_visible_seconds.observe(visible_s)
+            self._metrics.deltas_applied.inc()
+            self._metrics.delta_rows_applied.inc(result.rows_written)
+            self.last_apply_ms = now_ms
+        self._metrics.applied_sequence.labels(producer=entry.producer).set(result.seq)
+        with self._applied:
+            self._applied.notify_all()
+        return True
+
+    def _quarantine(self, entry: InboxEntry, exc: StoreError) -> None:
+        """Set a delta that can never apply aside (kept for inspection), so the ones after it can go on."""
+        log.error("quarantining delta %s/%s: %s", entry.producer, entry.seq, exc.message)
+        self._metrics.updater_failures.labels(kind=exc.code).inc()
+        kept: list[dict[str, Any]] = list(self._store.lmdb.get_app_record(QUARANTINE_RECORD) or [])
+        kept.append(
+            {
+                "producer": entry.producer,
+                "seq": entry.seq,
+                "code": exc.code,
+                "reason": exc.message,
+                "received_at_ms": entry.received_at_ms,
+            }
+        )
+        self._store.lmdb.put_app_record(QUARANTINE_RECORD, kept[-_QUARANTINE_KEEP:])
+        self._inbox.remove(entry.key)
+
+    def _sweep(self) -> None:
+        for slot, removed in self._store.sweep_expired().items():
+            self._metrics.rows_expired.labels(slot=slot).inc(removed)
+
+    # --- status -------------------------------------------------------------------------------------------------
+
+    def push_to_visible_summary(self) -> dict[str, float | int | None]:
+        values = np.asarray(self.push_to_visible_s, dtype=np.float64)
+        if not values.size:
+            return {"count": 0, "p50_s": None, "p99_s": None, "max_s": None}
+        return {
+            "count": int(values.size),
+            "p50_s": float(np.percentile(values, 50)),
+            "p99_s": float(np.percentile(values, 99)),
+            "max_s": float(values.max()),
+        }
