@@ -70,6 +70,8 @@ def settings_for(data_dir: Path, bundle: Path | None, **overrides: Any) -> Setti
         "map_size_bytes": 512 * 1024**2,
         "gc_freeze": False,  # tests start many apps in one process
         "flush_interval_s": 0.5,
+        "max_bundle_bytes": 4 * 1024**2,  # small limits keep the oversize cases cheap
+        "max_delta_body_bytes": 8 * 1024**2,
     }
     values.update(overrides)
     return Settings(**values)
