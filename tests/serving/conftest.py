@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import json
 
 import httpx
 import numpy as np

@@ -127,7 +127,7 @@ def test_restart_applies_pending_deltas_in_order_exactly_once(tmp_path: Path, ti
         assert status["applied_seq"] == {"trainer": 20}
         assert status["inbox_depth"] == 0
         assert stats.generation == generation_before + 20  # each applied once
-        rows = second.services.store.lookup("item_id", list(range(1, 21)) + [1000])
+        rows = second.services.store.lookup("item_id", [*list(range(1, 21)), 1000])
         assert rows.vectors[:, 0].tolist() == [float(s) for s in range(1, 21)] + [20.0]
         assert status["bundles"][0]["version"] == "1"  # the live bundle came back without --bundle
     finally:
