@@ -37,10 +37,12 @@ Txn = Any  # lmdb.Transaction (py-lmdb's stubs are skipped, see pyproject.toml)
 STORE_FORMAT = b"liverank-store/1"
 _U64 = struct.Struct("<Q")
 _GEN = struct.Struct(">Q")
+_DB_NAMES = (b"rows", b"meta", b"inbox", b"log")
 _META_FORMAT = b"format"
 _META_SLOTS = b"slots"
 _META_GENERATION = b"generation"
 _META_SCHEMA = b"schema_hash"
+_META_LOG_BYTES = b"changelog_bytes"
 _SEQ_PREFIX = b"seq/"
 _ROWS_PREFIX = b"rows/"
 _APP_PREFIX = b"app/"
@@ -53,10 +55,17 @@ _all_stores: list[LmdbStore] = []
 
 
 def _forget_after_fork() -> None:
-    # LMDB's docs: "do not use LMDB handles across fork". The child gets a clean slate.
+    # LMDB's docs: "do not use LMDB handles across fork". The child gets a clean slate: its copies of the parent's
+    # environments are closed (py-lmdb keeps its own "already open" registry, which would refuse a fresh open of the
+    # same path). Closing in the child only releases the child's reader slots (LMDB matches them by getpid()), and
+    # fcntl locks are not inherited, so the parent's environment is untouched.
     _open_paths.clear()
     for store in _all_stores:
         store._forked = True
+        try:
+            store.env.close()
+        except Exception:  # best effort: the child must be able to open its own environment
+            log.debug("closing an inherited LMDB environment after fork failed", exc_info=True)
     _all_stores.clear()
 
 
@@ -93,6 +102,8 @@ class LmdbStore:
         self.path = Path(path)
         self.durability = durability
         self.changelog_generations = changelog_generations
+        # Followers further behind than the changelog rebuild their RAM tier; the cap keeps it a small share of the map.
+        self.changelog_max_bytes = min(256 * 1024**2, map_size_bytes // 8)
         self.map_size_bytes = map_size_bytes
         self.reserve_bytes = (
             reserve_bytes if reserve_bytes is not None else max(MIN_RESERVE_BYTES, map_size_bytes // 50)
@@ -108,10 +119,14 @@ class LmdbStore:
         self._key = key
         try:
             self.env = self._open_env(readonly)
-            self.rows_db = self.env.open_db(b"rows", create=not readonly)
-            self.meta_db = self.env.open_db(b"meta", create=not readonly)
-            self.inbox_db = self.env.open_db(b"inbox", create=not readonly)
-            self.log_db = self.env.open_db(b"log", create=not readonly)
+            self._refuse_foreign_environment()
+            try:
+                self.rows_db = self.env.open_db(b"rows", create=not readonly)
+                self.meta_db = self.env.open_db(b"meta", create=not readonly)
+                self.inbox_db = self.env.open_db(b"inbox", create=not readonly)
+                self.log_db = self.env.open_db(b"log", create=not readonly)
+            except lmdb.Error as exc:
+                raise NotAStore(f"{self.path}: an LMDB environment of another application ({exc})") from exc
             self._init_meta(readonly)
         except BaseException:
             with _open_lock:
@@ -159,6 +174,15 @@ class LmdbStore:
         except lmdb.Error as exc:
             raise NotAStore(f"{self.path}: cannot open the LMDB environment ({exc})") from exc
 
+    def _refuse_foreign_environment(self) -> None:
+        """Named databases are keys of LMDB's main database: anything else there belongs to another application."""
+        with self.env.begin() as txn:
+            names = {bytes(key) for key, _ in txn.cursor()}
+        foreign = names - set(_DB_NAMES)
+        if foreign:
+            shown = ", ".join(sorted(repr(n) for n in foreign)[:5])
+            raise NotAStore(f"{self.path} is an LMDB environment of another application (it holds {shown})")
+
     def _init_meta(self, readonly: bool) -> None:
         with self.env.begin(write=not readonly) as txn:
             fmt = txn.get(_META_FORMAT, db=self.meta_db)
@@ -185,6 +209,8 @@ class LmdbStore:
             self.env.close()
             with _open_lock:
                 _open_paths.discard(self._key)
+            if self in _all_stores:
+                _all_stores.remove(self)
 
     def flush(self) -> None:
         """Force committed data to disk (what ``power`` durability does at every commit)."""
@@ -293,6 +319,7 @@ class LmdbStore:
             txn.stat(self.rows_db),
             txn.stat(self.meta_db),
             txn.stat(self.inbox_db),
+            txn.stat(self.log_db),
         ):
             pages += stat["branch_pages"] + stat["leaf_pages"] + stat["overflow_pages"]
         return int(pages * self.env.stat()["psize"])
@@ -342,12 +369,20 @@ class LmdbStore:
         return ApplyResult("applied", delta.producer, delta.seq, generation, written, deleted)
 
     def _log(self, txn: Txn, generation: int, payload: bytes) -> None:
+        """Keep the delta for followers; drop the oldest past ``changelog_generations`` entries or the byte cap."""
         txn.put(_GEN.pack(generation), payload, db=self.log_db)
+        total = _u64(txn.get(_META_LOG_BYTES, db=self.meta_db)) + len(payload)
         oldest_kept = generation - self.changelog_generations
-        if oldest_kept > 0:
-            cursor = txn.cursor(db=self.log_db)
-            while cursor.first() and _GEN.unpack(cursor.key())[0] <= oldest_kept:
-                cursor.delete()
+        cursor = txn.cursor(db=self.log_db)
+        while cursor.first():
+            key, value = cursor.item()
+            if _GEN.unpack(key)[0] > oldest_kept and (
+                total <= self.changelog_max_bytes or key == _GEN.pack(generation)
+            ):
+                break
+            total -= len(value)
+            cursor.delete()
+        txn.put(_META_LOG_BYTES, _U64.pack(max(total, 0)), db=self.meta_db)
 
     def changelog(self, txn: Txn, after_generation: int) -> list[tuple[int, bytes]] | None:
         """Binary deltas of every generation after ``after_generation`` in ``txn``'s snapshot, or None if the

@@ -107,8 +107,10 @@ class RamTier:
         rows_state = self._slots[slot]
         rows = rows_state.find(ids)
         resident = np.clip(rows, 0, None)
-        vectors = np.take(rows_state.vectors, resident, axis=0)
-        updated = np.take(rows_state.updated_at_ms, resident)
+        # mode="clip": a writer may have grown the index past these arrays mid-read; such a read is discarded by
+        # the version check, it must only not fault.
+        vectors = np.take(rows_state.vectors, resident, axis=0, mode="clip")
+        updated = np.take(rows_state.updated_at_ms, resident, mode="clip")
         updated[rows < 0] = DELETED_MS
         return TierRead(rows, vectors.astype(np.float32, copy=False), updated)
 
@@ -143,7 +145,12 @@ class RamTier:
 
     def apply(self, prepared: PreparedDelta, generation: int) -> None:
         """Make a delta visible in the tier, whole, after LMDB committed it as ``generation``."""
-        plans = [self._plan(slot) for slot in prepared.slots]
+        room = max(0, self.budget_rows - self.resident_rows)
+        plans = []
+        for slot in prepared.slots:  # one budget across the delta's slots
+            plan = self._plan(slot, room)
+            room -= plan[3]
+            plans.append(plan)
         self.version += 1
         try:
             for slot, (grown, existing, new_mask, admitted) in zip(prepared.slots, plans, strict=True):
@@ -162,14 +169,14 @@ class RamTier:
         finally:
             self.version += 1
 
-    def _plan(self, slot: PreparedSlot) -> tuple[SlotRows, Rows, Any, int]:
+    def _plan(self, slot: PreparedSlot, room: int) -> tuple[SlotRows, Rows, Any, int]:
         """Outside the write window: find existing rows, decide admissions, build grown arrays if needed."""
         current = self._slots[slot.config.name]
         ids = slot.str_ids if slot.str_ids is not None else slot.int_ids
         assert ids is not None
         existing = current.find(ids)
         new_mask = existing < 0
-        admitted = min(int(new_mask.sum()), max(0, self.budget_rows - self.resident_rows))
+        admitted = min(int(new_mask.sum()), room)
         return current.with_room(admitted), existing, new_mask, admitted
 
     def _write_new(self, rows_state: SlotRows, ids: IntIds | tuple[str, ...], vectors: Array, updated: Array) -> None:

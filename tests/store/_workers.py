@@ -1,0 +1,356 @@
+"""Child-process side of the store's process-level tests, and the delta builders both sides share.
+
+Run as ``python -m tests.store._workers <command> ...`` (from the repository root). A child reports each event as
+one stdout line written with a single ``os.write``: when the parent SIGKILLs it, every line the parent read was
+reported before the kill, and nothing is stuck in a userspace buffer.
+
+Commands:
+- ``crash-writer PATH --start S --durability D``: apply the crash stream from ``S`` on until killed.
+- ``inbox-writer PATH --start S --seed N``: drain the inbox, then enqueue and apply (with ``inbox_key``) until killed.
+- ``reader PATH --final K``: look the visibility group up in a loop until it reads ``K``; print a JSON summary.
+- ``hold-write PATH``: open a write transaction on the store and hold it until stdin closes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import select
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from store import EmbeddingStore, Inbox, Lookup, SlotConfig, SlotDelta, SparseDelta
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CHILD_DEADLINE_S = 60.0  # a child the parent forgot to kill exits on its own
+
+# --- the crash stream: delta k writes group k (fresh ids) and rewrites the shared ids, every row to float(k) -------
+
+CRASH_PRODUCER = "crash"
+CRASH_DIM = 8
+GROUP_ROWS = 256
+SHARED_IDS = np.arange(50, dtype=np.uint64)
+# "group": group rows and the shared ids; "mirror": the shared ids again (a delta spans two slots).
+CRASH_SLOTS = (SlotConfig("group", CRASH_DIM), SlotConfig("mirror", CRASH_DIM))
+CRASH_MAP_SIZE_BYTES = 1 << 30
+
+
+def group_ids(k: int) -> np.ndarray[Any, np.dtype[np.uint64]]:
+    """Ids of group ``k`` (k >= 1): never overlap the shared ids 0..49 or another group."""
+    return np.arange(k * GROUP_ROWS, (k + 1) * GROUP_ROWS, dtype=np.uint64)
+
+
+def _rows(ids: np.ndarray[Any, np.dtype[np.uint64]], value: int, dim: int) -> SlotDelta:
+    n = len(ids)
+    return SlotDelta(ids, np.full((n, dim), float(value), dtype=np.float32), np.full(n, value, dtype=np.int64))
+
+
+def crash_delta(k: int) -> SparseDelta:
+    ids = np.concatenate([SHARED_IDS, group_ids(k)])
+    return SparseDelta(
+        CRASH_PRODUCER,
+        k,
+        "",
+        k,
+        {"group": _rows(ids, k, CRASH_DIM), "mirror": _rows(SHARED_IDS, k, CRASH_DIM)},
+    )
+
+
+# --- the visibility stream: delta k sets one group of ids, across two slots, all to float(k) ----------------------
+
+VIS_PRODUCER = "vis"
+VIS_DIM = 8
+VIS_IDS_PER_SLOT = 1000
+VIS_SLOTS = (SlotConfig("user", VIS_DIM), SlotConfig("item", VIS_DIM))
+VIS_MAP_SIZE_BYTES = 256 << 20
+
+
+def vis_ids(slot: str) -> np.ndarray[Any, np.dtype[np.uint64]]:
+    """Spread-out ids (different per slot) so the group is not one contiguous run of hash places or pages."""
+    offset = 13 if slot == "user" else 7_000_001
+    return (np.arange(VIS_IDS_PER_SLOT, dtype=np.uint64) * np.uint64(7919)) + np.uint64(offset)
+
+
+def vis_requests() -> dict[str, np.ndarray[Any, np.dtype[np.uint64]]]:
+    return {config.name: vis_ids(config.name) for config in VIS_SLOTS}
+
+
+def vis_delta(k: int) -> SparseDelta:
+    return SparseDelta(
+        VIS_PRODUCER, k, "", k, {config.name: _rows(vis_ids(config.name), k, VIS_DIM) for config in VIS_SLOTS}
+    )
+
+
+@dataclass
+class Observations:
+    """What one reader saw: each lookup of the whole group must show exactly one delta's state, never older."""
+
+    check_generation: bool = True
+    reads: int = 0
+    ks: set[int] = field(default_factory=set)
+    sources: Counter[str] = field(default_factory=Counter)
+    violations: list[str] = field(default_factory=list)
+    last_k: int = 0
+
+    def record(self, lookup: Lookup) -> int:
+        self.reads += 1
+        self.sources[lookup.source] += 1
+        vectors = np.concatenate([s.vectors.ravel() for s in lookup.slots.values()])
+        updated = np.concatenate([s.updated_at_ms for s in lookup.slots.values()])
+        unseen = np.concatenate([s.unseen for s in lookup.slots.values()])
+        first = float(vectors[0])
+        k = int(first)
+        where = f"read {self.reads} (generation {lookup.generation}, source {lookup.source})"
+        if not np.all(vectors == first):
+            values = np.unique(vectors)
+            self._violate(f"{where}: mixed group, {len(values)} distinct values, e.g. {values[:6].tolist()}")
+        elif k != first or k < 0:
+            self._violate(f"{where}: value {first} is no delta's value")
+        elif not np.all(unseen == (k == 0)):
+            self._violate(f"{where}: value {k} but {int(unseen.sum())} of {len(unseen)} rows unseen")
+        elif k and not np.all(updated == k):
+            self._violate(f"{where}: value {k} but event times {np.unique(updated)[:6].tolist()}")
+        elif self.check_generation and lookup.generation != k:
+            self._violate(f"{where}: value {k} read at generation {lookup.generation}")
+        if k < self.last_k:
+            self._violate(f"{where}: went back from {self.last_k} to {k}")
+        self.ks.add(k)
+        self.last_k = max(self.last_k, k)
+        return k
+
+    def _violate(self, message: str) -> None:
+        if len(self.violations) < 5:
+            self.violations.append(message)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "reads": self.reads,
+            "ks": sorted(self.ks),
+            "sources": dict(self.sources),
+            "violations": self.violations,
+            "last_k": self.last_k,
+        }
+
+
+# --- parent side: reading a child's event lines ------------------------------------------------------------------
+
+
+class ChildLines:
+    """Event lines from a child's stdout, read without blocking past a deadline."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        assert proc.stdout is not None
+        self._proc = proc
+        self._fd = proc.stdout.fileno()
+        self._buffer = b""
+        self.lines: list[str] = []
+        self.eof = False
+
+    def _pump(self, timeout_s: float) -> None:
+        ready, _, _ = select.select([self._fd], [], [], max(0.0, timeout_s))
+        if not ready:
+            return
+        chunk = os.read(self._fd, 65536)
+        if not chunk:
+            self.eof = True
+            return
+        self._buffer += chunk
+        *complete, self._buffer = self._buffer.split(b"\n")
+        self.lines.extend(line.decode() for line in complete)
+
+    def wait_for(self, line: str, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while line not in self.lines:
+            if self.eof:
+                raise AssertionError(f"child exited before {line!r}: {self._stderr()}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"child did not report {line!r} within {timeout_s} s")
+            self._pump(deadline - time.monotonic())
+
+    def drain_for(self, seconds: float) -> None:
+        """Keep reading (so the child never blocks on a full pipe) for ``seconds``."""
+        deadline = time.monotonic() + seconds
+        while not self.eof and time.monotonic() < deadline:
+            self._pump(deadline - time.monotonic())
+
+    def read_to_eof(self, timeout_s: float = 30.0) -> list[str]:
+        deadline = time.monotonic() + timeout_s
+        while not self.eof:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"child stdout still open after {timeout_s} s")
+            self._pump(deadline - time.monotonic())
+        return self.lines
+
+    def _stderr(self) -> str:
+        self._proc.wait(timeout=30)
+        assert self._proc.stderr is not None
+        return f"exit {self._proc.returncode}, stderr:\n{self._proc.stderr.read().decode(errors='replace')}"
+
+    def events(self, name: str) -> list[int]:
+        return [int(line.split()[1]) for line in self.lines if line.startswith(name + " ")]
+
+
+def start_child(*args: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.store._workers", *args],
+        cwd=REPO_ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
+# --- child side ----------------------------------------------------------------------------------------------------
+
+
+def _emit(event: str, value: int | str = "") -> None:
+    os.write(1, f"{event} {value}".strip().encode() + b"\n")
+
+
+def _crash_writer(path: str, start: int, durability: str) -> int:
+    store = EmbeddingStore.open(
+        path,
+        slots=CRASH_SLOTS,
+        map_size_bytes=CRASH_MAP_SIZE_BYTES,
+        durability="power" if durability == "power" else "process",
+    )
+    applied = store.applied_seq(CRASH_PRODUCER)
+    if applied != start - 1:
+        print(f"store has applied {applied}, parent says resume at {start}", file=sys.stderr)
+        return 3
+    _emit("ready")
+    deadline = time.monotonic() + CHILD_DEADLINE_S
+    k = start
+    while time.monotonic() < deadline:
+        _emit("begin", k)
+        store.apply(crash_delta(k))
+        _emit("applied", k)
+        k += 1
+    return 4
+
+
+def _inbox_writer(path: str, start: int, seed: int) -> int:
+    store = EmbeddingStore.open(path, slots=CRASH_SLOTS, map_size_bytes=CRASH_MAP_SIZE_BYTES)
+    inbox = Inbox(store.lmdb, max_depth=64)
+    _emit("ready")
+
+    def drain() -> None:
+        for entry in inbox.pending():
+            _emit("begin", entry.seq)
+            store.apply(entry.delta(), inbox_key=entry.key, payload=entry.payload)
+            _emit("applied", entry.seq)
+
+    drain()  # what the previous (killed) writer left queued goes first, in order
+    applied = store.applied_seq(CRASH_PRODUCER)
+    if applied != start - 1:
+        print(f"store has applied {applied} after draining, parent says resume at {start}", file=sys.stderr)
+        return 3
+    rng = random.Random(seed)
+    deadline = time.monotonic() + CHILD_DEADLINE_S
+    k = start
+    while time.monotonic() < deadline:
+        for _ in range(rng.randint(1, 3)):
+            inbox.enqueue(crash_delta(k), received_at_ms=k)
+            _emit("enqueued", k)
+            k += 1
+        drain()
+    return 4
+
+
+def _reader(path: str, final: int, budget: int | None, timeout_s: float) -> int:
+    kwargs: dict[str, Any] = {} if budget is None else {"ram_budget_rows": budget}
+    store = EmbeddingStore.open(path, map_size_bytes=VIS_MAP_SIZE_BYTES, **kwargs)
+    requests = vis_requests()
+    seen = Observations()
+    seen.record(store.lookup_many(requests))
+    _emit("ready")
+    deadline = time.monotonic() + timeout_s
+    while seen.last_k < final and time.monotonic() < deadline:
+        seen.record(store.lookup_many(requests))
+    store.close()
+    _emit("summary", json.dumps(seen.to_json()))
+    return 0
+
+
+def _hold_write(path: str) -> int:
+    store = EmbeddingStore.open(path, map_size_bytes=VIS_MAP_SIZE_BYTES)
+    txn = store.lmdb.env.begin(write=True)
+    _emit("holding")
+    sys.stdin.buffer.read()  # until the parent closes our stdin
+    txn.abort()
+    store.close()
+    return 0
+
+
+def forked_child(store: EmbeddingStore, path: str, conn: Connection) -> None:
+    """Runs in a child forked while ``store`` was open in the parent; sends back what each step did."""
+    report: dict[str, Any] = {}
+    steps: dict[str, Callable[[], object]] = {
+        "lookup": lambda: store.lookup("user", vis_ids("user")),
+        "lookup_many": lambda: store.lookup_many(vis_requests()),
+        "apply": lambda: store.apply(vis_delta(2)),
+        "stats": store.stats,
+        "flush": store.flush,
+    }
+    for name, step in steps.items():
+        try:
+            step()
+            report[name] = "ok"
+        except Exception as exc:
+            report[name] = type(exc).__name__
+    store.close()  # the inherited handle: closing it must leave the parent's environment alone
+    try:
+        own = EmbeddingStore.open(path, map_size_bytes=VIS_MAP_SIZE_BYTES)
+    except Exception as exc:
+        report["open"] = f"{type(exc).__name__}: {exc}"
+    else:
+        with own:
+            report["open"] = "ok"
+            report["seen"] = Observations().record(own.lookup_many(vis_requests()))
+            report["applied"] = own.apply(vis_delta(2)).status
+            report["seen_after"] = Observations().record(own.lookup_many(vis_requests()))
+    conn.send(report)
+    conn.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.store._workers")
+    commands = parser.add_subparsers(dest="command", required=True)
+    crash = commands.add_parser("crash-writer")
+    crash.add_argument("path")
+    crash.add_argument("--start", type=int, required=True)
+    crash.add_argument("--durability", choices=("process", "power"), default="process")
+    inbox = commands.add_parser("inbox-writer")
+    inbox.add_argument("path")
+    inbox.add_argument("--start", type=int, required=True)
+    inbox.add_argument("--seed", type=int, required=True)
+    reader = commands.add_parser("reader")
+    reader.add_argument("path")
+    reader.add_argument("--final", type=int, required=True)
+    reader.add_argument("--budget", type=int, default=None)
+    reader.add_argument("--timeout", type=float, default=30.0)
+    hold = commands.add_parser("hold-write")
+    hold.add_argument("path")
+    args = parser.parse_args(argv)
+    if args.command == "crash-writer":
+        return _crash_writer(args.path, args.start, args.durability)
+    if args.command == "inbox-writer":
+        return _inbox_writer(args.path, args.start, args.seed)
+    if args.command == "reader":
+        return _reader(args.path, args.final, args.budget, args.timeout)
+    return _hold_write(args.path)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
