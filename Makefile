@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 # pip reads constraints.txt: it pins torch to the CPU build on disk (never a multi-GB CUDA download).
 PIP_INSTALL := $(BIN)/python -m pip install --disable-pip-version-check -q -c constraints.txt
-# Re-install when the dependencies or the C kernel change.
+# Re-install when the dependencies or the C kernel change. torch comes from the train extra (CPU build on disk).
 STAMP := $(VENV)/.installed-dev
 
 .PHONY: test demo lint typecheck layers dockerlint pytest clean bench-store
@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml setup.py constraints.txt store/_kernel.c
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@echo "installing liverank (serving + dev extras) into $(VENV)"
 	$(PIP_INSTALL) --upgrade pip
-	$(PIP_INSTALL) -e '.[dev,bench]'
+	$(PIP_INSTALL) -e '.[dev,bench,train,loadtest]'
 	@touch $@
 
 test: lint typecheck layers dockerlint pytest

@@ -14,6 +14,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("serving.cli", "run the ranking server"),
     "bench": ("benchmarks.cli", "run a benchmark (store, rank) and write JSON results"),
     "export": ("exporter.cli", "build bundles and deltas (e.g. a synthetic bundle, no torch needed)"),
+    "push": ("exporter.push_cli", "push delta files or a bundle to a running server"),
 }
 
 
