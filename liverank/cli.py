@@ -15,6 +15,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("benchmarks.cli", "run a benchmark (store, rank) and write JSON results"),
     "export": ("exporter.cli", "build bundles and deltas (e.g. a synthetic bundle, no torch needed)"),
     "push": ("exporter.push_cli", "push delta files or a bundle to a running server"),
+    "demo": ("trainer.demo", "the live loop: a learning model served fresh vs frozen, with a dashboard"),
 }
 
 
