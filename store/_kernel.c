@@ -16,6 +16,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
+#include <string.h>
 
 static inline uint64_t mix64(uint64_t x) {
     /* splitmix64's finaliser: sequential ids spread over the whole table. */
@@ -114,8 +115,84 @@ done:
     return result;
 }
 
+static PyObject *gather(PyObject *self, PyObject *args) {
+    /* probe, then copy each found row's vector and event time into the outputs, in one pass over the ids.
+     * Missing ids get a zero vector, time INT64_MIN and row -1. A row number past the vectors given (a writer
+     * grew the index under this reader; the caller's version check discards such a read) is treated as missing. */
+    Py_buffer keys, rows, ids, vectors, updated, out_vec, out_upd, out_rows;
+    Py_ssize_t row_bytes;
+    if (!PyArg_ParseTuple(args, "y*y*y*y*y*nw*w*w*", &keys, &rows, &ids, &vectors, &updated, &row_bytes, &out_vec,
+                          &out_upd, &out_rows))
+        return NULL;
+    PyObject *result = NULL;
+    Py_ssize_t cap = keys.len / 8, n = ids.len / 8;
+    if (row_bytes <= 0 || cap == 0 || (cap & (cap - 1)) != 0 || rows.len != keys.len || ids.len % 8 != 0 ||
+        vectors.len % row_bytes != 0 || out_vec.len != n * row_bytes || out_upd.len != n * 8 || out_rows.len != n * 8 ||
+        updated.len % 8 != 0) {
+        PyErr_SetString(PyExc_ValueError, "gather: buffer sizes do not fit (capacity, ids, row_bytes, outputs)");
+        goto done;
+    }
+    const uint64_t *tk = keys.buf, *q = ids.buf;
+    const int64_t *tr = rows.buf, *upd = updated.buf;
+    const char *vec = vectors.buf;
+    char *ov = out_vec.buf;
+    int64_t *ou = out_upd.buf, *orow = out_rows.buf;
+    Py_ssize_t n_rows = vectors.len / row_bytes;
+    if (updated.len / 8 < n_rows) n_rows = updated.len / 8;
+    uint64_t mask = (uint64_t)cap - 1;
+    Py_ssize_t misses = 0;
+    Py_BEGIN_ALLOW_THREADS
+    uint64_t start[BLOCK];
+    int64_t found[BLOCK];
+    for (Py_ssize_t base = 0; base < n; base += BLOCK) {
+        Py_ssize_t m = n - base < BLOCK ? n - base : BLOCK;
+        for (Py_ssize_t j = 0; j < m; j++) {
+            start[j] = mix64(q[base + j]) & mask;
+            __builtin_prefetch(&tr[start[j]]);
+            __builtin_prefetch(&tk[start[j]]);
+        }
+        for (Py_ssize_t j = 0; j < m; j++) {
+            uint64_t id = q[base + j], at = start[j];
+            int64_t r = -1;
+            for (;;) {
+                int64_t t = tr[at];
+                if (t < 0) break;
+                if (tk[at] == id) { r = t; break; }
+                at = (at + 1) & mask;
+            }
+            if (r >= n_rows) r = -1;
+            found[j] = r;
+            if (r >= 0) {
+                __builtin_prefetch(vec + r * row_bytes);
+                __builtin_prefetch(&upd[r]);
+            }
+        }
+        for (Py_ssize_t j = 0; j < m; j++) {
+            Py_ssize_t i = base + j;
+            int64_t r = found[j];
+            orow[i] = r;
+            if (r >= 0) {
+                memcpy(ov + i * row_bytes, vec + r * row_bytes, (size_t)row_bytes);
+                ou[i] = upd[r];
+            } else {
+                memset(ov + i * row_bytes, 0, (size_t)row_bytes);
+                ou[i] = INT64_MIN;
+                misses++;
+            }
+        }
+    }
+    Py_END_ALLOW_THREADS
+    result = PyLong_FromSsize_t(misses);
+done:
+    PyBuffer_Release(&keys); PyBuffer_Release(&rows); PyBuffer_Release(&ids); PyBuffer_Release(&vectors);
+    PyBuffer_Release(&updated); PyBuffer_Release(&out_vec); PyBuffer_Release(&out_upd); PyBuffer_Release(&out_rows);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"probe", probe, METH_VARARGS, "probe(keys, rows, ids, out) -> misses: out[i] = row of ids[i], or -1."},
+    {"gather", gather, METH_VARARGS,
+     "gather(keys, rows, ids, vectors, updated, row_bytes, out_vectors, out_updated, out_rows) -> misses."},
     {"insert", insert, METH_VARARGS, "insert(keys, rows, ids, new_rows) -> added: set ids[i] -> new_rows[i]."},
     {NULL, NULL, 0, NULL},
 };

@@ -8,3 +8,15 @@ def probe(
 def insert(
     keys: np.ndarray[Any, Any], rows: np.ndarray[Any, Any], ids: np.ndarray[Any, Any], new_rows: np.ndarray[Any, Any], /
 ) -> int: ...
+def gather(
+    keys: np.ndarray[Any, Any],
+    rows: np.ndarray[Any, Any],
+    ids: np.ndarray[Any, Any],
+    vectors: np.ndarray[Any, Any],
+    updated: np.ndarray[Any, Any],
+    row_bytes: int,
+    out_vectors: np.ndarray[Any, Any],
+    out_updated: np.ndarray[Any, Any],
+    out_rows: np.ndarray[Any, Any],
+    /,
+) -> int: ...

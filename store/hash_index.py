@@ -99,6 +99,19 @@ class HashIndex:
         _kernel.probe(self.keys, self.rows, ids, out)
         return out
 
+    def gather(self, ids: IntIds, vectors: Any, updated_at_ms: Rows) -> tuple[Rows, Any, Rows] | None:
+        """Probe and copy found rows in one compiled pass: (rows, vectors, times); misses read zeros and
+        ``INT64_MIN``. None when the kernel is not built (the caller probes and gathers with numpy instead)."""
+        if _kernel is None:
+            return None
+        ids = np.ascontiguousarray(ids, dtype=np.uint64)
+        out_vectors = np.empty((len(ids), vectors.shape[1]), dtype=vectors.dtype)
+        out_updated = np.empty(len(ids), dtype=np.int64)
+        out_rows = np.empty(len(ids), dtype=np.int64)
+        row_bytes = vectors.shape[1] * vectors.dtype.itemsize
+        _kernel.gather(self.keys, self.rows, ids, vectors, updated_at_ms, row_bytes, out_vectors, out_updated, out_rows)
+        return out_rows, out_vectors, out_updated
+
     def insert(self, ids: IntIds, rows: Rows) -> None:
         """Map ids to rows (overwriting existing ids). The caller ensures room (see ``needs_growth``)."""
         ids = np.ascontiguousarray(ids, dtype=np.uint64)

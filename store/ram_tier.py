@@ -105,6 +105,11 @@ class RamTier:
 
     def read(self, slot: str, ids: IntIds | tuple[str, ...]) -> TierRead:
         rows_state = self._slots[slot]
+        if not isinstance(ids, tuple):
+            gathered = rows_state.index.gather(ids, rows_state.vectors, rows_state.updated_at_ms)
+            if gathered is not None:
+                found, vectors, updated = gathered
+                return TierRead(found, vectors.astype(np.float32, copy=False), updated)
         rows = rows_state.find(ids)
         resident = np.clip(rows, 0, None)
         # mode="clip": a writer may have grown the index past these arrays mid-read; such a read is discarded by

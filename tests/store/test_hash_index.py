@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from store.hash_index import HashIndex, kernel_available, probe_numpy
+from store.hash_index import HashIndex, capacity_for, kernel_available, probe_numpy
 
 u64 = st.integers(min_value=0, max_value=2**64 - 1)
 
@@ -50,3 +50,34 @@ def test_sequential_and_clustered_ids_probe_short() -> None:
     runs = np.split(occupied, np.flatnonzero(np.diff(occupied) != 1) + 1)
     assert max(len(r) for r in runs) < 64
     assert np.array_equal(index.find(ids), np.arange(10_000))
+
+
+@given(st.lists(u64, unique=True, min_size=1, max_size=300), st.lists(u64, max_size=100), st.sampled_from(["f4", "f2"]))
+@settings(max_examples=80, deadline=None)
+def test_the_compiled_gather_copies_exactly_what_find_and_take_give(
+    present: list[int], absent: list[int], dtype: str
+) -> None:
+    index = HashIndex(capacity_for(len(present)))
+    index.insert(np.asarray(present, np.uint64), np.arange(len(present), dtype=np.int64))
+    vectors = np.arange(len(present) * 3, dtype=dtype).reshape(len(present), 3)
+    updated = np.arange(len(present), dtype=np.int64) * 10
+    query = np.asarray(present[::-1] + absent, dtype=np.uint64)
+    gathered = index.gather(query, vectors, updated)
+    assert gathered is not None
+    rows, got_vectors, got_updated = gathered
+    want_rows = index.find(query)
+    hit = want_rows >= 0
+    assert np.array_equal(rows, want_rows)
+    assert np.array_equal(got_vectors[hit], vectors[want_rows[hit]])
+    assert (got_vectors[~hit] == 0).all()
+    assert np.array_equal(got_updated[hit], updated[want_rows[hit]])
+    assert (got_updated[~hit] == np.iinfo(np.int64).min).all()
+
+
+def test_gather_treats_rows_past_the_arrays_as_missing() -> None:
+    # A writer can grow the index past the arrays a reader still holds; that read is discarded, it must not fault.
+    index = HashIndex()
+    index.insert(np.asarray([1, 2], np.uint64), np.asarray([0, 5], np.int64))
+    gathered = index.gather(np.asarray([1, 2], np.uint64), np.ones((2, 4), np.float32), np.zeros(2, np.int64))
+    assert gathered is not None
+    assert gathered[0].tolist() == [0, -1]
