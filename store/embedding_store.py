@@ -331,16 +331,25 @@ class EmbeddingStore:
     def _read_slot_lmdb(self, txn: Txn, slot: str, ids: IntIds | tuple[str, ...]) -> TierRead:
         config, code = self._slots[slot]
         keys = [encode_str_key(code, s) for s in ids] if isinstance(ids, tuple) else encode_int_keys(code, ids)
-        get = txn.get
-        db = self._lmdb.rows_db
-        raw = [get(k, db=db) for k in keys]
-        found = np.fromiter((r is not None for r in raw), dtype=bool, count=len(raw))
+        # One getmulti call for the whole batch: per-key txn.get gives up and re-takes the GIL for every key,
+        # which under load costs far more than the B-tree walks themselves.
+        hits = txn.cursor(db=self._lmdb.rows_db).getmulti(keys)
+        if len(hits) == len(keys):  # the usual case: every id is stored
+            found = np.ones(len(keys), dtype=bool)
+            values = [value for _, value in hits]
+        else:
+            found = np.zeros(len(keys), dtype=bool)
+            values = []
+            j = 0
+            for i, key in enumerate(keys):  # getmulti answers found keys in input order
+                if j < len(hits) and hits[j][0] == key:
+                    found[i] = True
+                    values.append(hits[j][1])
+                    j += 1
         vectors = np.zeros((len(keys), config.dim), dtype=np.float32)
         updated = np.full(len(keys), DELETED_MS, dtype=np.int64)
-        if found.any():
-            records = np.frombuffer(
-                b"".join(r for r in raw if r is not None), dtype=value_dtype(config.dim, config.np_dtype)
-            )
+        if values:
+            records = np.frombuffer(b"".join(values), dtype=value_dtype(config.dim, config.np_dtype))
             vectors[found] = records["v"]
             updated[found] = records["t"]
         rows = np.where(found, 0, -1).astype(np.int64)
