@@ -108,7 +108,10 @@ class BundleManager:
             bundle = load_bundle_dir(source)
             runner = self._prepare(bundle)
             record = self.record()
-            number = 1 + max((int(b.split("-", 1)[0]) for b in record.history), default=0)
+            # Directories on disk count too: a crash between naming a bundle's directory and recording it leaves
+            # one behind, and the same number again would collide with it (upload, or start-up install, fails).
+            names = [*record.history, *(p.name for p in self.root.iterdir() if not p.name.startswith("."))]
+            number = 1 + max((int(n.split("-", 1)[0]) for n in names if n.split("-", 1)[0].isdigit()), default=0)
             bundle_id = f"{number:06d}-{_UNSAFE.sub('_', bundle.version)[:64]}"
             target = self.root / bundle_id
             if move:
@@ -179,7 +182,9 @@ class BundleManager:
         return live
 
     def _prune(self, history: list[str]) -> None:
-        while len(history) > self._keep:
-            oldest = history.pop(0)
-            shutil.rmtree(self.root / oldest, ignore_errors=True)
+        dropped = history[: max(0, len(history) - self._keep)]
+        del history[: len(dropped)]
+        # Record first, delete after: a crash in between leaves an unrecorded directory, not a recorded half one.
         self._save(BundleRecord(self.record().live, history))
+        for bundle_id in dropped:
+            shutil.rmtree(self.root / bundle_id, ignore_errors=True)

@@ -4,10 +4,17 @@ written."""
 
 from __future__ import annotations
 
+import threading
+
 from serving.metrics import Metrics
 from serving.updater import Updater
-from store import EmbeddingStore, EnqueueResult, Inbox, StoreError, decode_any, encode_delta
+from store import EmbeddingStore, EnqueueResult, Inbox, StoreError, StoreFull, decode_any, encode_delta
 from store.format import is_binary_delta
+
+# A delta takes its bytes once in the inbox, then about three times once applied (rows with B-tree overhead, and the
+# changelog entry). Room is asked for that much, for every queued delta too, plus this slack for page rounding.
+_GROWTH_FACTOR = 3
+_ROOM_SLACK_BYTES = 256 * 1024
 
 
 class DeltaIntake:
@@ -18,13 +25,17 @@ class DeltaIntake:
         self._inbox = inbox
         self._updater = updater
         self._metrics = metrics
+        self._room_lock = threading.Lock()  # room check and enqueue as one step: concurrent pushes see each other
 
     def submit(self, payload: bytes, received_at_ms: int) -> EnqueueResult:
         try:
             delta = decode_any(payload)
             self._store.validate(delta)
             binary = payload if is_binary_delta(payload) else encode_delta(delta)
-            result = self._inbox.enqueue(delta, received_at_ms, payload=binary)
+            with self._room_lock:
+                if delta.n_rows:
+                    self._check_room(len(binary))
+                result = self._inbox.enqueue(delta, received_at_ms, payload=binary)
         except StoreError as exc:
             self._metrics.deltas_received.labels(outcome=exc.code).inc()
             raise
@@ -32,3 +43,21 @@ class DeltaIntake:
         if result.status == "queued":
             self._updater.wake()
         return result
+
+    def _check_room(self, delta_bytes: int) -> None:
+        """Refuse rows before they are queued when the store will have no room to apply them (the store's own
+        check runs only at apply time). An acknowledged delta that cannot apply would block its producer's later
+        sequences, the tombstones that could make room among them, and queued deltas would use up the room the
+        store keeps for deletes (the inbox shares the LMDB map). Tombstone-only deltas are never refused here."""
+        lmdb = self._store.lmdb
+        with lmdb.read() as txn:
+            used = lmdb.used_bytes(txn)
+            inbox = txn.stat(lmdb.inbox_db)
+        queued_bytes = (inbox["branch_pages"] + inbox["leaf_pages"] + inbox["overflow_pages"]) * inbox["psize"]
+        room = lmdb.map_size_bytes - lmdb.reserve_bytes - used
+        if (_GROWTH_FACTOR - 1) * queued_bytes + _GROWTH_FACTOR * delta_bytes + _ROOM_SLACK_BYTES > room:
+            raise StoreFull(
+                f"store map is full ({used} of {lmdb.map_size_bytes} bytes used, {lmdb.reserve_bytes} kept for "
+                f"deletes): a delta that adds rows is refused and was not queued; delete rows (a tombstone-only "
+                f"delta is accepted) or raise LIVERANK_MAP_SIZE_BYTES"
+            )

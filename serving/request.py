@@ -156,6 +156,9 @@ def _ids(values: list[Any], slot: SlotConfig, what: str) -> Ids:
     if arr.ndim == 1 and arr.dtype.kind in "iu":
         if arr.size and arr.dtype.kind == "i" and arr.min() < 0:
             raise WrongType(f"{what}: ids must be integers in 0..2**64-1, got {int(arr.min())}")
+        # numpy reads true/false among ints as 1/0: where a 0 or 1 is, look for a JSON boolean.
+        if arr.size and arr.min() <= 1 and any(type(v) is bool for v in values):
+            raise WrongType(f"{what}: ids must be integers in 0..2**64-1, not true or false")
         return arr.astype(np.uint64)
     # numpy makes float64 or object of a list mixing ids above 2**63 - 1 with smaller ones: check exactly.
     if arr.ndim == 1 and all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**64 for v in values):

@@ -70,6 +70,17 @@ class Lookup:
 
 
 @dataclass(frozen=True)
+class Followed:
+    """A delta the RAM tier followed from the changelog (applied to LMDB by another process)."""
+
+    generation: int
+    producer: str
+    seq: int
+    received_at_ms: int
+    n_rows: int
+
+
+@dataclass(frozen=True)
 class StoreStats:
     path: str
     generation: int
@@ -98,6 +109,9 @@ class EmbeddingStore:
         self._slots = self._lmdb.slot_table()
         self._schema_hash = self._lmdb.schema_hash()
         self._sweep_from: dict[str, bytes] = {}
+        # A lookup that finds the tier behind LMDB follows the changelog itself. A server turns this off and runs
+        # a follower thread instead, so that no ranking request pays for catching up.
+        self.follow_inline = True
 
     @classmethod
     def open(
@@ -109,14 +123,22 @@ class EmbeddingStore:
         durability: Durability = "process",
         ram_budget_rows: int = DEFAULT_RAM_BUDGET_ROWS,
         reserve_bytes: int | None = None,
+        ram_tier: bool = True,
     ) -> EmbeddingStore:
-        """Open (or create) a store, declare ``slots``, and warm the RAM tier from LMDB up to the budget."""
+        """Open (or create) a store, declare ``slots``, and warm the RAM tier from LMDB up to the budget.
+
+        ``ram_tier`` False: no RAM tier at all (a process that only writes, like the server's writer process:
+        its reads, if any, go to LMDB).
+        """
         lmdb_store = LmdbStore(path, map_size_bytes=map_size_bytes, durability=durability, reserve_bytes=reserve_bytes)
         try:
             store = cls(lmdb_store, ram_budget_rows)
             if slots:
                 store.declare_slots(slots)
-            store._warm()
+            if ram_tier:
+                store._warm()
+            else:
+                store._tier_ok = False
         except BaseException:
             lmdb_store.close()
             raise
@@ -172,6 +194,7 @@ class EmbeddingStore:
                 if counts.get(name, 0) > tier.resident_by_slot().get(name, 0):
                     complete = False
             tier.generation = self._lmdb.generation(txn)
+            tier.applied_seq = self._lmdb.applied_seqs(txn)
         self._tier, self._tier_complete, self._tier_ok = tier, complete, True
         log.info(
             "RAM tier warm: %s rows resident in %.1f s (complete=%s)",
@@ -180,9 +203,15 @@ class EmbeddingStore:
             complete,
         )
 
-    def _catch_up(self) -> None:
-        """Bring the tier up to LMDB's generation from the changelog (deltas applied by another process), or
-        rebuild it when the changelog no longer reaches back far enough. The caller holds the write lock."""
+    def catch_up(self) -> list[Followed]:
+        """Bring the RAM tier up to LMDB's generation: deltas another process (the writer) applied. Returns what
+        was followed, oldest first; a tier further behind than the changelog reaches is rebuilt instead."""
+        if not self._tier_ok:
+            return []
+        with self._write_lock:
+            return self._catch_up()
+
+    def _catch_up(self) -> list[Followed]:
         with self._lmdb.read() as txn:
             entries = self._lmdb.changelog(txn, self._tier.generation)
             if entries is None:
@@ -190,13 +219,17 @@ class EmbeddingStore:
             elif entries:
                 self._slots = self._lmdb.slot_table(txn)
                 self._tier.configure(self.slots)
+                self._schema_hash = self._lmdb.schema_hash(txn)
         if entries is None:
             self._warm()
-            return
-        for generation, payload in entries:
+            return []
+        followed: list[Followed] = []
+        for generation, received_at_ms, payload in entries:
             # Already validated and committed by the writer; the schema it was checked against is its business.
-            prepared = prepare_delta(decode_delta(payload), self._slots, None)
-            self._apply_to_tier(prepared, generation)
+            delta = decode_delta(payload)
+            self._apply_to_tier(prepare_delta(delta, self._slots, None, for_lmdb=False), generation)
+            followed.append(Followed(generation, delta.producer, delta.seq, received_at_ms, delta.n_rows))
+        return followed
 
     def _apply_to_tier(self, prepared: PreparedDelta, generation: int) -> None:
         try:
@@ -210,14 +243,23 @@ class EmbeddingStore:
 
     # --- writes -------------------------------------------------------------------------------------------------
 
-    def apply(self, delta: SparseDelta, *, inbox_key: bytes | None = None, payload: bytes | None = None) -> ApplyResult:
+    def apply(
+        self,
+        delta: SparseDelta,
+        *,
+        inbox_key: bytes | None = None,
+        payload: bytes | None = None,
+        received_at_ms: int = 0,
+    ) -> ApplyResult:
         """Validate and apply one delta, all or nothing. Duplicates are no-ops; gaps raise ``SequenceGap``.
 
         ``payload``: the delta's binary form if the caller has it (saves encoding it again for the changelog).
+        ``received_at_ms``: when the delta arrived, kept in the changelog for followers' freshness figures.
         """
         with self._write_lock:
             prepared = prepare_delta(delta, self._slots, self._schema_hash)
-            result = self._lmdb.apply(prepared, payload if payload is not None else encode_delta(delta), inbox_key)
+            binary = payload if payload is not None else encode_delta(delta)
+            result = self._lmdb.apply(prepared, binary, inbox_key, received_at_ms)
             if result.status == "applied" and self._tier_ok:
                 if self._tier.generation == result.generation - 1:
                     self._apply_to_tier(prepared, result.generation)
@@ -286,9 +328,13 @@ class EmbeddingStore:
         now = _now_ms() if now_ms is None else now_ms
         with self._lmdb.read() as txn:
             generation = self._lmdb.generation(txn)
-            applied = self._lmdb.applied_seqs(txn)
-            if self._tier_ok and self._tier.generation != generation and self._write_lock.acquire(blocking=False):
-                # Behind LMDB and nobody is writing here: deltas came from another process. Follow them.
+            if (
+                self.follow_inline
+                and self._tier_ok
+                and self._tier.generation != generation
+                and self._write_lock.acquire(blocking=False)
+            ):
+                # Behind LMDB and nobody is writing here: another process wrote. Follow it now.
                 try:
                     self._catch_up()
                 finally:
@@ -297,23 +343,34 @@ class EmbeddingStore:
                 for _ in range(2):
                     answer = self._lookup_via_tier(txn, generation, normalized, now)
                     if answer is not None:
-                        return Lookup(generation, answer[0], answer[1], applied)
-            # The tier is mid-update or behind: answer everything from this one LMDB snapshot.
+                        return answer
+            # No tier, or it is mid-update and not complete: answer everything from this one LMDB snapshot.
+            applied = self._lmdb.applied_seqs(txn)
             return Lookup(generation, self._finish(self._read_lmdb(txn, normalized), now), "lmdb", applied)
 
     def _lookup_via_tier(
-        self, txn: Txn, generation: int, normalized: dict[str, IntIds | tuple[str, ...]], now: int
-    ) -> tuple[dict[str, SlotLookup], Source] | None:
+        self, txn: Txn, lmdb_generation: int, normalized: dict[str, IntIds | tuple[str, ...]], now: int
+    ) -> Lookup | None:
+        """The answer from the tier, or None when it cannot give a consistent one.
+
+        A tier behind LMDB (a writer committed, the tier has not followed yet) still holds one whole earlier
+        state: when every row is resident it answers from that state, a few milliseconds stale but consistent,
+        instead of making ranking wait or read thousands of keys from LMDB. Rows that are not resident can only
+        come from LMDB at the tier's own generation.
+        """
         tier = self._tier
         version = tier.begin_read()
-        if version is None or tier.generation != generation:
+        if version is None:
+            return None
+        generation, applied = tier.generation, tier.applied_seq
+        if generation != lmdb_generation and not self._tier_complete:
             return None
         reads = {slot: tier.read(slot, ids) for slot, ids in normalized.items()}
         if not tier.unchanged_since(version):
             return None
         missing = {slot: r.rows < 0 for slot, r in reads.items()}
         if self._tier_complete or not any(m.any() for m in missing.values()):
-            return self._finish(reads, now), "ram"
+            return Lookup(generation, self._finish(reads, now), "ram", applied)
         for slot, miss in missing.items():
             if miss.any():
                 # Not resident (past the RAM budget): read from the LMDB snapshot of the same generation.
@@ -323,7 +380,7 @@ class EmbeddingStore:
                 got = self._read_slot_lmdb(txn, slot, sub)
                 reads[slot].vectors[idx] = got.vectors
                 reads[slot].updated_at_ms[idx] = got.updated_at_ms
-        return self._finish(reads, now), "ram+lmdb"
+        return Lookup(generation, self._finish(reads, now), "ram+lmdb", applied)
 
     def _read_lmdb(self, txn: Txn, normalized: dict[str, IntIds | tuple[str, ...]]) -> dict[str, TierRead]:
         return {slot: self._read_slot_lmdb(txn, slot, ids) for slot, ids in normalized.items()}

@@ -396,6 +396,10 @@ def delta_from_json(payload: bytes | Mapping[str, Any]) -> SparseDelta:
         if dtype is None:
             raise DeltaCorrupt(f"slot {name!r}: dtype must be 'float32' or 'float16'")
         raw_values = entry.get("values", [])
+        if isinstance(raw_values, list) and any(
+            isinstance(x, bool) for row in raw_values if isinstance(row, list) for x in row
+        ):
+            raise DeltaCorrupt(f"slot {name!r}: values must be numbers, not true/false")
         try:
             values = np.asarray(raw_values, dtype=np.float64)
         except (TypeError, ValueError) as exc:

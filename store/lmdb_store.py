@@ -38,6 +38,7 @@ STORE_FORMAT = b"liverank-store/1"
 _U64 = struct.Struct("<Q")
 _GEN = struct.Struct(">Q")
 _LOG_KEY = struct.Struct(">QQ")
+_TIME = struct.Struct("<q")
 _DB_NAMES = (b"rows", b"meta", b"inbox", b"log")
 _META_FORMAT = b"format"
 _META_SLOTS = b"slots"
@@ -107,7 +108,9 @@ class LmdbStore:
         self.changelog_max_bytes = min(256 * 1024**2, map_size_bytes // 8)
         self.map_size_bytes = map_size_bytes
         self.reserve_bytes = (
-            reserve_bytes if reserve_bytes is not None else max(MIN_RESERVE_BYTES, map_size_bytes // 50)
+            reserve_bytes
+            if reserve_bytes is not None
+            else min(max(MIN_RESERVE_BYTES, map_size_bytes // 50), map_size_bytes // 8)  # small maps keep room
         )
         self._forked = False
         self._closed = False
@@ -334,13 +337,16 @@ class LmdbStore:
 
     # --- applying a delta ---------------------------------------------------------------------------------------
 
-    def apply(self, prepared: PreparedDelta, payload: bytes, inbox_key: bytes | None = None) -> ApplyResult:
+    def apply(
+        self, prepared: PreparedDelta, payload: bytes, inbox_key: bytes | None = None, received_at_ms: int = 0
+    ) -> ApplyResult:
         """Write a validated delta's rows and advance its producer's sequence, in one write transaction.
 
         Re-applying an applied sequence is a no-op reported as a duplicate; a gap raises ``SequenceGap``.
         ``payload``: the delta's binary form, kept in the changelog under the new generation so that RAM tiers of
         other processes (serving workers) can follow. ``inbox_key``: an inbox entry to remove in the same
-        transaction (exactly-once hand-off).
+        transaction (exactly-once hand-off). ``received_at_ms``: when the delta was received (kept with it in the
+        changelog, so a follower can tell how long after its receipt it became visible there).
         """
         self.check_usable()
         delta = prepared.delta
@@ -359,7 +365,7 @@ class LmdbStore:
                 generation = self.generation(txn) + 1
                 txn.put(seq_key, _U64.pack(delta.seq), db=self.meta_db)
                 txn.put(_META_GENERATION, _U64.pack(generation), db=self.meta_db)
-                self._log(txn, generation, payload)
+                self._log(txn, generation, _TIME.pack(received_at_ms) + payload)
                 if inbox_key is not None:
                     txn.delete(inbox_key, db=self.inbox_db)
         except lmdb.MapFullError as exc:
@@ -387,13 +393,13 @@ class LmdbStore:
             cursor.delete()
         txn.put(_META_LOG_BYTES, _U64.pack(max(total, 0)), db=self.meta_db)
 
-    def changelog(self, txn: Txn, after_generation: int) -> list[tuple[int, bytes]] | None:
-        """Binary deltas of every generation after ``after_generation`` in ``txn``'s snapshot, or None if the
-        changelog no longer reaches back that far (the follower must rebuild)."""
+    def changelog(self, txn: Txn, after_generation: int) -> list[tuple[int, int, bytes]] | None:
+        """(generation, received_at_ms, binary delta) of every generation after ``after_generation`` in ``txn``'s
+        snapshot, or None if the changelog no longer reaches back that far (the follower must rebuild)."""
         wanted = self.generation(txn)
         if wanted == after_generation:
             return []
-        out: list[tuple[int, bytes]] = []
+        out: list[tuple[int, int, bytes]] = []
         cursor = txn.cursor(db=self.log_db)
         if not cursor.set_range(_GEN.pack(after_generation + 1)):
             return None
@@ -401,7 +407,7 @@ class LmdbStore:
             generation = _LOG_KEY.unpack(key)[0]
             if generation > wanted:
                 break
-            out.append((generation, value))
+            out.append((generation, _TIME.unpack_from(value)[0], value[_TIME.size :]))
         complete = out and out[0][0] == after_generation + 1 and out[-1][0] == wanted
         return out if complete and len(out) == wanted - after_generation else None
 

@@ -87,6 +87,7 @@ class RamTier:
         self.budget_rows = budget_rows
         self.version = 0  # odd while the writer is changing something
         self.generation = 0  # the LMDB generation whose state the tier holds
+        self.applied_seq: dict[str, int] = {}  # per producer, as of ``generation``
         self.resident_rows = 0
         self._slots: dict[str, SlotRows] = {}
 
@@ -170,6 +171,7 @@ class RamTier:
                     self._write_new(grown, new_ids, slot.vectors[pick], slot.updated_at_ms[pick])
                 self._tombstone(grown, slot)
                 self._slots[slot.config.name] = grown
+            self.applied_seq = {**self.applied_seq, prepared.delta.producer: prepared.delta.seq}
             self.generation = generation
         finally:
             self.version += 1

@@ -58,7 +58,7 @@ class PreparedDelta:
 
     @property
     def n_rows(self) -> int:
-        return sum(len(s.keys) for s in self.slots)
+        return sum(len(s.vectors) for s in self.slots)
 
 
 def _int_ids_for(config: SlotConfig, ids: Ids, what: str) -> IntIds:
@@ -108,11 +108,13 @@ def _check_vectors(config: SlotConfig, values: Array, n: int, what: str) -> Arra
 
 
 def prepare_delta(
-    delta: SparseDelta, slots: Mapping[str, tuple[SlotConfig, int]], schema_hash: str | None
+    delta: SparseDelta, slots: Mapping[str, tuple[SlotConfig, int]], schema_hash: str | None, *, for_lmdb: bool = True
 ) -> PreparedDelta:
     """Validate ``delta`` against ``slots`` (name -> (config, slot code)) and the store's schema hash.
 
     ``schema_hash`` None means the store is not bound to a model schema yet (a bare store): any delta fits.
+    ``for_lmdb`` False skips encoding LMDB keys and values (a RAM tier following a delta another process wrote
+    needs only the typed arrays).
     """
     if schema_hash is not None and delta.schema_hash != schema_hash:
         raise SchemaMismatch(
@@ -131,12 +133,21 @@ def prepare_delta(
         if config.id_kind == "str":
             prepared.append(_prepare_str_slot(config, code, slot.ids, slot.tombstones, vectors, updated, what))
         else:
-            prepared.append(_prepare_int_slot(config, code, slot.ids, slot.tombstones, vectors, updated, what))
+            prepared.append(
+                _prepare_int_slot(config, code, slot.ids, slot.tombstones, vectors, updated, what, for_lmdb)
+            )
     return PreparedDelta(delta, tuple(prepared))
 
 
 def _prepare_int_slot(
-    config: SlotConfig, code: int, ids: Ids, tombstones: Ids, vectors: Array, updated: Array, what: str
+    config: SlotConfig,
+    code: int,
+    ids: Ids,
+    tombstones: Ids,
+    vectors: Array,
+    updated: Array,
+    what: str,
+    for_lmdb: bool = True,
 ) -> PreparedSlot:
     int_ids = _int_ids_for(config, ids, f"{what} ids")
     order = np.argsort(int_ids, kind="stable")
@@ -149,13 +160,13 @@ def _prepare_int_slot(
     return PreparedSlot(
         config=config,
         code=code,
-        keys=encode_int_keys(code, int_ids),
-        values=encode_values(vectors, updated, config.np_dtype),
+        keys=encode_int_keys(code, int_ids) if for_lmdb else [],
+        values=encode_values(vectors, updated, config.np_dtype) if for_lmdb else [],
         int_ids=int_ids,
         str_ids=None,
         vectors=vectors,
         updated_at_ms=updated,
-        tombstone_keys=encode_int_keys(code, tomb),
+        tombstone_keys=encode_int_keys(code, tomb) if for_lmdb else [],
         tombstone_int_ids=tomb,
         tombstone_str_ids=None,
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from http import HTTPStatus
 from typing import Any
 
 import orjson
@@ -55,6 +56,28 @@ STATUS_BY_CODE: dict[str, int] = {
     "forbidden": 403,
 }
 RETRY_AFTER_S = {"inbox_full": "1", "no_bundle": "5"}
+
+# The one error body, for the OpenAPI document (a sequence gap adds producer, expected_seq and got_seq).
+ERROR_BODY_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["detail", "code"],
+    "properties": {"detail": {"type": "string"}, "code": {"type": "string"}},
+}
+_RETRY_AFTER_HEADER = {"Retry-After": {"description": "seconds to wait before retrying", "schema": {"type": "string"}}}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """``responses=`` entries documenting the error body at ``statuses`` (a route's OpenAPI answers)."""
+    out: dict[int | str, dict[str, Any]] = {}
+    for status in statuses:
+        entry: dict[str, Any] = {
+            "description": HTTPStatus(status).phrase,
+            "content": {"application/json": {"schema": ERROR_BODY_SCHEMA}},
+        }
+        if status in (429, 503):
+            entry["headers"] = _RETRY_AFTER_HEADER
+        out[status] = entry
+    return out
 
 
 def error_response(status: int, code: str, detail: str, extra: dict[str, Any] | None = None) -> Response:

@@ -12,10 +12,11 @@ from starlette.responses import Response
 
 from serving.api.auth import require_admin
 from serving.api.body import read_body
+from serving.api.errors import error_responses
 from serving.model_slot import LiveModel
 from serving.services import Services
 
-router = APIRouter(prefix="/admin", dependencies=[Depends(require_admin)])
+router = APIRouter(prefix="/admin", dependencies=[Depends(require_admin)], responses=error_responses(401, 403))
 
 _BINARY = {"schema": {"type": "string", "format": "binary"}}
 
@@ -32,6 +33,10 @@ def _json(body: dict[str, Any], status: int = 200) -> Response:
             "required": True,
             "content": {"application/octet-stream": _BINARY, "application/json": {"schema": {"type": "object"}}},
         }
+    },
+    responses={
+        202: {"description": "Queued durably", "content": {"application/json": {"schema": {"type": "object"}}}},
+        **error_responses(409, 413, 422, 429, 507),
     },
 )
 async def push_delta(request: Request, wait: Literal["visible"] | None = Query(None)) -> Response:
@@ -73,6 +78,7 @@ def _live_answer(services: Services, live: LiveModel) -> Response:
     openapi_extra={
         "requestBody": {"required": True, "content": {"application/gzip": _BINARY, "application/x-tar": _BINARY}}
     },
+    responses=error_responses(413, 422),
 )
 async def upload_bundle(request: Request) -> Response:
     services: Services = request.app.state.services
@@ -82,7 +88,7 @@ async def upload_bundle(request: Request) -> Response:
     return _live_answer(services, live)
 
 
-@router.post("/rollback", summary="Make the previous bundle live again")
+@router.post("/rollback", summary="Make the previous bundle live again", responses=error_responses(409, 422))
 async def rollback(request: Request) -> Response:
     services: Services = request.app.state.services
     live = await run_in_threadpool(services.bundles.rollback)

@@ -6,16 +6,18 @@ import orjson
 from fastapi import APIRouter, Request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
-from starlette.responses import Response
+from starlette.responses import PlainTextResponse, Response
 
-from serving.api.errors import error_response
+from serving.api.errors import error_response, error_responses
 from serving.services import Services
 from store.manifest import manifest_to_json
 
 router = APIRouter()
 
 
-@router.get("/healthz", summary="Liveness: the process and its updater thread are running")
+@router.get(
+    "/healthz", summary="Liveness: the process and its updater thread are running", responses=error_responses(503)
+)
 async def healthz(request: Request) -> Response:
     services: Services = request.app.state.services
     if not services.updater.alive:
@@ -23,7 +25,11 @@ async def healthz(request: Request) -> Response:
     return Response(b'{"status":"ok"}', media_type="application/json")
 
 
-@router.get("/readyz", summary="Readiness: a bundle is live and the deltas queued before start-up are applied")
+@router.get(
+    "/readyz",
+    summary="Readiness: a bundle is live and the deltas queued before start-up are applied",
+    responses=error_responses(503),
+)
 async def readyz(request: Request) -> Response:
     services: Services = request.app.state.services
     ready, reason = services.ready()
@@ -42,13 +48,17 @@ def _scrape(services: Services) -> bytes:
     return generate_latest(services.metrics.registry)
 
 
-@router.get("/metrics", summary="Prometheus metrics")
+@router.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
 async def metrics(request: Request) -> Response:
     services: Services = request.app.state.services
     return Response(await run_in_threadpool(_scrape, services), media_type=CONTENT_TYPE_LATEST)
 
 
-@router.get("/v1/model", summary="The live bundle's manifest: features, slots, heads (what /v1/rank accepts)")
+@router.get(
+    "/v1/model",
+    summary="The live bundle's manifest: features, slots, heads (what /v1/rank accepts)",
+    responses=error_responses(503),
+)
 async def model(request: Request) -> Response:
     services: Services = request.app.state.services
     live = services.model_slot.current()

@@ -10,6 +10,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from serving.api.body import read_body
+from serving.api.errors import error_responses
 from serving.errors import InvalidJson
 from serving.services import Services
 
@@ -53,6 +54,7 @@ def rank_json(services: Services, body: bytes) -> bytes:
     "/v1/rank",
     summary="Rank candidates for one user with the live model",
     openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": RANK_REQUEST_SCHEMA}}}},
+    responses=error_responses(413, 422, 503),
 )
 async def rank(request: Request) -> Response:
     services: Services = request.app.state.services
