@@ -16,6 +16,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "export": ("exporter.cli", "build bundles and deltas (e.g. a synthetic bundle, no torch needed)"),
     "push": ("exporter.push_cli", "push delta files or a bundle to a running server"),
     "demo": ("trainer.demo", "the live loop: a learning model served fresh vs frozen, with a dashboard"),
+    "replay": ("trainer.replay", "replay a data set in time order through live servers (Monolith's sync experiment)"),
 }
 
 

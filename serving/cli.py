@@ -63,5 +63,8 @@ def main(argv: list[str]) -> int:
         app, host=settings.host, port=settings.port, log_level=args.log_level, access_log=False, lifespan="on"
     )
     server = uvicorn.Server(config)
-    server.run()
+    try:
+        server.run()
+    except KeyboardInterrupt:  # uvicorn shuts down cleanly on SIGINT, then re-raises it: nothing left to report
+        return 130
     return 0 if server.started else 1

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 
+from serving.follower import Follower
 from serving.metrics import Metrics
 from serving.updater import Updater
 from store import EmbeddingStore, EnqueueResult, Inbox, StoreError, StoreFull, decode_any, encode_delta
@@ -20,7 +21,7 @@ _ROOM_SLACK_BYTES = 256 * 1024
 class DeltaIntake:
     """Accepts deltas in the binary or the JSON form."""
 
-    def __init__(self, store: EmbeddingStore, inbox: Inbox, updater: Updater, metrics: Metrics) -> None:
+    def __init__(self, store: EmbeddingStore, inbox: Inbox, updater: Updater | Follower, metrics: Metrics) -> None:
         self._store = store
         self._inbox = inbox
         self._updater = updater

@@ -13,6 +13,7 @@ from typing import Any
 
 from serving.bundles import BundleManager
 from serving.errors import ConfigInvalid
+from serving.follower import Follower
 from serving.intake import DeltaIntake
 from serving.metrics import Metrics
 from serving.model_slot import ModelSlot
@@ -20,6 +21,7 @@ from serving.ranker import Ranker
 from serving.request import Limits
 from serving.settings import LOOPBACK_HOSTS, Settings
 from serving.updater import Updater
+from serving.writer import WriterConfig, WriterProcess
 from store import EmbeddingStore, Inbox
 
 log = logging.getLogger(__name__)
@@ -45,7 +47,7 @@ class Services:
     model_slot: ModelSlot
     bundles: BundleManager
     ranker: Ranker
-    updater: Updater
+    updater: Updater | Follower
     intake: DeltaIntake
     started_at_ms: int
 
@@ -82,15 +84,31 @@ class Services:
             live = bundles.install_dir(settings.bundle)
             metrics.bundle_swaps.labels(how="startup").inc()
         inbox = Inbox(store.lmdb, settings.inbox_max_depth)
-        updater = Updater(
-            store,
-            inbox,
-            metrics,
-            poll_s=settings.updater_poll_s,
-            flush_interval_s=settings.flush_interval_s,
-            sweep_interval_s=settings.sweep_interval_s,
-            follow_bundles=None,
-        )
+        updater: Updater | Follower
+        if settings.writer == "process":
+            store.follow_inline = False  # the follower thread catches up; ranking requests never pay for it
+            writer = WriterProcess(
+                WriterConfig(
+                    store_path=str(settings.store_path),
+                    map_size_bytes=settings.map_size_bytes,
+                    durability=settings.durability,
+                    inbox_max_depth=settings.inbox_max_depth,
+                    poll_s=settings.updater_poll_s,
+                    flush_interval_s=settings.flush_interval_s,
+                    sweep_interval_s=settings.sweep_interval_s,
+                    log_level=logging.getLogger().getEffectiveLevel(),
+                )
+            )
+            updater = Follower(store, writer, metrics, poll_s=settings.updater_poll_s)
+        else:
+            updater = Updater(
+                store,
+                inbox,
+                metrics,
+                poll_s=settings.updater_poll_s,
+                flush_interval_s=settings.flush_interval_s,
+                sweep_interval_s=settings.sweep_interval_s,
+            )
         limits = Limits(settings.max_candidates, settings.max_list_ids, settings.max_k)
         services = cls(
             settings=settings,
@@ -161,5 +179,5 @@ class Services:
         if not self.updater.drained_at_start.is_set():
             return False, "applying the deltas queued before start-up"
         if not self.updater.alive:
-            return False, "the updater thread has stopped"
+            return False, "the updater (writer process or its follower) has stopped"
         return True, "ready"

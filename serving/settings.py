@@ -31,6 +31,14 @@ class Settings(BaseSettings):
     sweep_interval_s: float = Field(30.0, gt=0)
     inbox_max_depth: int = Field(1_000, ge=1)
     updater_poll_s: float = Field(0.002, gt=0, description="idle wait between inbox checks")
+    writer: Literal["process", "thread"] = Field(
+        "process",
+        description="where deltas are written to LMDB: a separate process (default: ranking load cannot slow it "
+        "down) or a thread of the server",
+    )
+    switch_interval_s: float = Field(
+        0.001, gt=0, description="sys.setswitchinterval: how long a thread may hold the GIL while others wait"
+    )
 
     max_candidates: int = Field(2_000, ge=1)
     max_list_ids: int = Field(256, ge=1, description="ids per list feature value (also capped by the manifest)")
@@ -41,6 +49,12 @@ class Settings(BaseSettings):
     wait_visible_timeout_s: float = Field(30.0, gt=0)
 
     onnx_threads: int = Field(1, ge=1, description="intra-op threads per ONNX Runtime session")
+    rank_concurrency: int = Field(
+        2,
+        ge=1,
+        description="ranking requests computed at once (more wait, off the GIL): about the number of cores; more "
+        "threads only fight over the GIL and starve the follower",
+    )
     bundle_history: int = Field(5, ge=2, description="bundles kept on disk for rollback")
     gc_freeze: bool = Field(True, description="gc.freeze() after start-up: long-lived objects leave the GC's scans")
 

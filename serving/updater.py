@@ -1,7 +1,8 @@
 """The updater: a long-lived thread, owned by the app's lifespan, that keeps the served model current.
 
 It drains the durable inbox into the store in sequence order, fsyncs committed data on a timer (durability
-"process"), sweeps expired rows, and follows bundle changes made by other worker processes. One bad artifact is
+"process"), sweeps expired rows. It runs in the writer process (serving/writer.py) or, with
+``LIVERANK_WRITER=thread``, as a thread of the server. One bad artifact is
 logged, counted and quarantined, and serving goes on; ranking threads never wait for it.
 """
 
@@ -11,7 +12,6 @@ import collections
 import logging
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -38,7 +38,6 @@ class Updater:
         poll_s: float,
         flush_interval_s: float,
         sweep_interval_s: float,
-        follow_bundles: Callable[[], None] | None = None,
     ) -> None:
         self._store = store
         self._inbox = inbox
@@ -46,7 +45,6 @@ class Updater:
         self._poll_s = poll_s
         self._flush_interval_s = flush_interval_s
         self._sweep_interval_s = sweep_interval_s
-        self._follow_bundles = follow_bundles
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._applied = threading.Condition()
@@ -54,6 +52,9 @@ class Updater:
         self._waiting_schema: set[bytes] = set()
         self.drained_at_start = threading.Event()
         self.last_apply_ms: int | None = None
+        self.failures: collections.Counter[str] = collections.Counter()  # by kind, also in the metrics
+        self.deltas_applied = 0
+        self.rows_applied = 0
         self.push_to_visible_s: collections.deque[float] = collections.deque(maxlen=2048)
 
     # --- lifecycle ----------------------------------------------------------------------------------------------
@@ -80,7 +81,7 @@ class Updater:
         """Block until ``producer``'s ``seq`` is applied (by this process or another), or the timeout passes."""
         deadline = time.monotonic() + timeout_s
         with self._applied:
-            while self._store.applied_seq(producer) < seq:
+            while self._store.served_seq(producer) < seq:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
@@ -91,7 +92,7 @@ class Updater:
     # --- the loop -----------------------------------------------------------------------------------------------
 
     def _run(self) -> None:
-        next_flush = next_sweep = next_follow = time.monotonic()
+        next_flush = next_sweep = time.monotonic()
         while not self._stop.is_set():
             try:
                 progressed = self._drain()
@@ -103,12 +104,9 @@ class Updater:
                 if now >= next_sweep:
                     self._sweep()
                     next_sweep = now + self._sweep_interval_s
-                if self._follow_bundles is not None and now >= next_follow:
-                    self._follow_bundles()
-                    next_follow = now + 1.0
             except Exception:
                 log.exception("updater loop failed; retrying in %.1f s", _BACKOFF_S)
-                self._metrics.updater_failures.labels(kind="internal").inc()
+                self._fail("internal")
                 self._stop.wait(_BACKOFF_S)
                 continue
             if not progressed:
@@ -138,15 +136,17 @@ class Updater:
     def _apply(self, entry: InboxEntry) -> bool:
         try:
             delta = entry.delta()
-            result = self._store.apply(delta, inbox_key=entry.key, payload=entry.payload)
+            result = self._store.apply(
+                delta, inbox_key=entry.key, payload=entry.payload, received_at_ms=entry.received_at_ms
+            )
         except SchemaMismatch as exc:
             if entry.key not in self._waiting_schema:
                 self._waiting_schema.add(entry.key)
-                self._metrics.updater_failures.labels(kind="schema_mismatch").inc()
+                self._fail("schema_mismatch")
                 log.warning("delta %s/%s waits for a bundle of its schema: %s", entry.producer, entry.seq, exc.message)
             return False
         except StoreFull as exc:
-            self._metrics.updater_failures.labels(kind="store_full").inc()
+            self._fail("store_full")
             log.error("delta %s/%s not applied, store full: %s", entry.producer, entry.seq, exc.message)
             self._stop.wait(_BACKOFF_S)
             return False
@@ -154,7 +154,7 @@ class Updater:
             self._quarantine(entry, exc)
             return False
         except StoreError as exc:
-            self._metrics.updater_failures.labels(kind=exc.code).inc()
+            self._fail(exc.code)
             log.error("delta %s/%s not applied: %s", entry.producer, entry.seq, exc.message)
             self._stop.wait(_BACKOFF_S)
             return False
@@ -166,16 +166,22 @@ class Updater:
             self._metrics.push_to_visible_seconds.observe(visible_s)
             self._metrics.deltas_applied.inc()
             self._metrics.delta_rows_applied.inc(result.rows_written)
+            self.deltas_applied += 1
+            self.rows_applied += result.rows_written
             self.last_apply_ms = now_ms
         self._metrics.applied_sequence.labels(producer=entry.producer).set(result.seq)
         with self._applied:
             self._applied.notify_all()
         return True
 
+    def _fail(self, kind: str) -> None:
+        self.failures[kind] += 1
+        self._metrics.updater_failures.labels(kind=kind).inc()
+
     def _quarantine(self, entry: InboxEntry, exc: StoreError) -> None:
         """Set a delta that can never apply aside (kept for inspection), so the ones after it can go on."""
         log.error("quarantining delta %s/%s: %s", entry.producer, entry.seq, exc.message)
-        self._metrics.updater_failures.labels(kind=exc.code).inc()
+        self._fail(exc.code)
         kept: list[dict[str, Any]] = list(self._store.lmdb.get_app_record(QUARANTINE_RECORD) or [])
         kept.append(
             {
@@ -194,6 +200,17 @@ class Updater:
             self._metrics.rows_expired.labels(slot=slot).inc(removed)
 
     # --- status -------------------------------------------------------------------------------------------------
+
+    def status_record(self) -> dict[str, Any]:
+        """What a writer process reports to the server it works for (through the store)."""
+        return {
+            "alive_at_ms": time.time_ns() // 1_000_000,
+            "drained_at_start": self.drained_at_start.is_set(),
+            "last_apply_ms": self.last_apply_ms,
+            "failures": dict(self.failures),
+            "deltas_applied": self.deltas_applied,
+            "rows_applied": self.rows_applied,
+        }
 
     def push_to_visible_summary(self) -> dict[str, float | int | None]:
         values = np.asarray(self.push_to_visible_s, dtype=np.float64)

@@ -10,6 +10,8 @@ Writes: ``apply`` validates a delta, commits it to LMDB in one transaction, then
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import logging
 import os
 import threading
@@ -188,11 +190,17 @@ class EmbeddingStore:
             tier.configure(self.slots)
             counts = self._lmdb.row_counts(txn)
             for name, (config, code) in self._slots.items():
+                stored = counts.get(name, 0)
+                room = tier.budget_rows - tier.resident_rows
+                if stored > room:
+                    complete = False
+                if stored == 0 or room <= 0:
+                    continue  # nothing to load, or no budget left: no reason to scan the slot
+                # Sized once, with headroom for new ids, instead of doubling through the load.
+                tier.reserve(name, min(stored, room) + max(1024, stored // 4))
                 for ids, vectors, updated in _scan_slot(txn, self._lmdb.rows_db, config, code, _WARM_CHUNK_ROWS):
                     if tier.load(name, ids, vectors, updated) < len(ids):
-                        complete = False
-                if counts.get(name, 0) > tier.resident_by_slot().get(name, 0):
-                    complete = False
+                        break
             tier.generation = self._lmdb.generation(txn)
             tier.applied_seq = self._lmdb.applied_seqs(txn)
         self._tier, self._tier_complete, self._tier_ok = tier, complete, True
@@ -460,6 +468,13 @@ class EmbeddingStore:
         with self._lmdb.read() as txn:
             return self._lmdb.applied_seq(txn, producer)
 
+    def served_seq(self, producer: str) -> int:
+        """The producer's sequence that lookups answer from now (the RAM tier may trail LMDB by a delta or two
+        while it follows; see ``lookup_many``)."""
+        if self._tier_ok and self._tier_complete:
+            return self._tier.applied_seq.get(producer, 0)
+        return self.applied_seq(producer)
+
     def applied_seqs(self) -> dict[str, int]:
         with self._lmdb.read() as txn:
             return self._lmdb.applied_seqs(txn)
@@ -486,24 +501,33 @@ def _now_ms() -> int:
 
 
 def _scan_slot(txn: Txn, rows_db: Any, config: SlotConfig, code: int, chunk_rows: int) -> Any:
-    """Yield (ids, vectors, updated_at_ms) chunks of one slot's rows, decoded in bulk."""
+    """Yield (ids, vectors, updated_at_ms) chunks of one slot's rows, decoded in bulk.
+
+    Rows come off the cursor in slices (``islice``), not one Python loop step each: keys are sorted, so only a
+    slice's last key needs checking against the slot's prefix, and the slice that crosses into the next slot is cut
+    with a binary search.
+    """
     prefix = slot_key_prefix(code)
+    end = slot_key_prefix(code + 1) if code < 0xFFFF else None
     cursor = txn.cursor(db=rows_db)
     if not cursor.set_range(prefix):
         return
     records = value_dtype(config.dim, config.np_dtype)
-    keys: list[bytes] = []
-    values: list[bytes] = []
-    for key, value in cursor:
-        if not key.startswith(prefix):
-            break
-        keys.append(key)
-        values.append(value)
-        if len(keys) >= chunk_rows:
-            yield _decode_chunk(keys, values, config, records)
-            keys, values = [], []
-    if keys:
-        yield _decode_chunk(keys, values, config, records)
+    rows = cursor.iternext(keys=True, values=True)
+    while True:
+        chunk = list(itertools.islice(rows, chunk_rows))
+        if not chunk:
+            return
+        last = chunk[-1][0]
+        crossed = not last.startswith(prefix)
+        if crossed:
+            cut = bisect.bisect_left(chunk, (end,)) if end is not None else len(chunk)
+            chunk = chunk[:cut]
+        if chunk:
+            keys, values = zip(*chunk, strict=True)
+            yield _decode_chunk(list(keys), list(values), config, records)
+        if crossed:
+            return
 
 
 def _decode_chunk(

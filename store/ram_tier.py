@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from store.format import Array, IntIds
-from store.hash_index import HashIndex, Rows
+from store.hash_index import HashIndex, Rows, capacity_for
 from store.slots import SlotConfig
 from store.validation import PreparedDelta, PreparedSlot
 
@@ -131,6 +131,25 @@ class RamTier:
                     self._slots[name].config = config
                 else:
                     self._slots[name] = SlotRows.empty(config)
+        finally:
+            self.version += 1
+
+    def reserve(self, slot: str, n_rows: int) -> None:
+        """Size an empty slot for ``n_rows`` rows up front (warm-up knows the count), instead of doubling."""
+        current = self._slots[slot]
+        if current.n_rows or n_rows <= len(current.vectors):
+            return
+        sized = SlotRows(
+            current.config,
+            np.zeros((n_rows, current.config.dim), dtype=current.config.np_dtype),
+            np.full(n_rows, DELETED_MS, dtype=np.int64),
+            0,
+            HashIndex(capacity_for(n_rows)),
+            {},
+        )
+        self.version += 1
+        try:
+            self._slots[slot] = sized
         finally:
             self.version += 1
 

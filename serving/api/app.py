@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import gc
 import logging
+import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import anyio
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -77,6 +79,9 @@ def create_app(settings: Settings, *, services: Services | None = None) -> FastA
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         opened = services if services is not None else await run_in_threadpool(Services.open, settings)
         app.state.services = opened
+        app.state.rank_limiter = anyio.CapacityLimiter(settings.rank_concurrency)
+        # Background work (following deltas) gets the GIL back sooner from busy request threads.
+        sys.setswitchinterval(settings.switch_interval_s)
         if settings.gc_freeze:
             # Long-lived start-up objects leave the collector's generations: GC pauses were ~25 ms p99 tails.
             gc.collect()

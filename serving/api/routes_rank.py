@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import anyio.to_thread
 import orjson
 from fastapi import APIRouter, Request
-from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from serving.api.body import read_body
@@ -59,5 +59,5 @@ def rank_json(services: Services, body: bytes) -> bytes:
 async def rank(request: Request) -> Response:
     services: Services = request.app.state.services
     body = await read_body(request, services.settings.max_rank_body_bytes)
-    payload = await run_in_threadpool(rank_json, services, body)
+    payload = await anyio.to_thread.run_sync(rank_json, services, body, limiter=request.app.state.rank_limiter)
     return Response(payload, media_type="application/json")

@@ -1,0 +1,113 @@
+"""``liverank bench``: run a benchmark, print a readable table and write the figures as JSON.
+
+Subcommands: ``store`` (the embedding store against Redis, py-lmdb, numpy and a dict) and ``rank`` (W-500 ranking
+against a real ``liverank serve``, next to a FastAPI + Redis + ONNX Runtime baseline). The arguments are defined
+here; each subcommand's module (``run(args) -> int``) is imported only when it runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+from collections.abc import Callable
+from pathlib import Path
+
+_SUFFIXES = {"k": 1_000, "m": 1_000_000}
+
+
+def _count(text: str) -> int:
+    """An integer, optionally with a k or M suffix (``10k``, ``1M``) or underscores."""
+    raw = text.strip().lower().replace("_", "")
+    factor = _SUFFIXES.get(raw[-1:], 1)
+    try:
+        value = int(raw[:-1] if factor > 1 else raw) * factor
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not a count: {text!r}") from exc
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
+    return value
+
+
+def _counts(text: str) -> tuple[int, ...]:
+    return tuple(_count(part) for part in text.split(",") if part.strip())
+
+
+def _dists(text: str) -> tuple[str, ...]:
+    names = tuple(part.strip() for part in text.split(",") if part.strip())
+    bad = [n for n in names if n not in ("uniform", "zipf")]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(f"distributions are uniform and zipf, got {text!r}")
+    return names
+
+
+def _add_store_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = subparsers.add_parser(
+        "store",
+        help="embedding store lookups, delta apply and open time against Redis, py-lmdb, numpy and a dict",
+        description="Build stores of each size, then measure every peer side by side in one run.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--json", type=Path, default=None, metavar="PATH", help="write the figures here")
+    p.add_argument("--markdown", type=Path, default=None, metavar="PATH", help="also write markdown tables here")
+    p.add_argument("--sizes", type=_counts, default=(1_000_000, 10_000_000), help="table sizes (keys), comma list")
+    p.add_argument("--batches", type=_counts, default=(1_000, 10_000), help="lookup batch sizes, comma list")
+    p.add_argument("--dists", type=_dists, default=("uniform", "zipf"), help="id distributions, comma list")
+    p.add_argument("--repeats", type=_count, default=5, help="runs per figure (median, min, max)")
+    p.add_argument("--keys-per-run", type=_count, default=300_000, help="keys each peer looks up per run")
+    p.add_argument("--dim", type=_count, default=32, help="embedding dimension (float32)")
+    p.add_argument("--zipf-s", type=float, default=1.1, help="Zipf exponent of popular ids")
+    p.add_argument("--seed", type=int, default=20_240_601, help="seed of every generator")
+    p.add_argument("--delta-rows", type=_count, default=10_000, help="rows per delta in the apply benchmark")
+    p.add_argument("--new-id-fraction", type=float, default=0.05, help="share of never-seen ids in a delta")
+    p.add_argument("--deltas-per-run", type=_count, default=10, help="deltas applied per apply run")
+    p.add_argument("--build-delta-rows", type=_count, default=100_000, help="rows per delta when building")
+    p.add_argument("--open-repeats", type=_count, default=3, help="reopens timed per size")
+    p.add_argument("--idle-s", type=float, default=0.0, help="idle pause before first lookups (0: skip)")
+    p.add_argument("--workdir", type=Path, default=None, help="where the run directory goes (default: temp)")
+    p.add_argument("--keep", action="store_true", help="keep the run directory (stores, batches)")
+    p.add_argument("--redis-server", default=None, help="redis-server executable (default: from PATH)")
+    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    p.set_defaults(command_module="benchmarks.store_command")
+
+
+def _add_rank_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = subparsers.add_parser(
+        "rank",
+        help="W-500 ranking through liverank serve vs FastAPI + Redis MGET + ONNX Runtime; deltas and swaps under load",
+        description="Fill both servers with the same rows, then measure ranking, live deltas and bundle swaps.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--json", type=Path, default=None, metavar="PATH", help="write the figures here")
+    p.add_argument("--sizes", type=_counts, default=(1_000_000, 10_000_000), help="rows of the largest slots")
+    p.add_argument("--dim", type=_count, default=32, help="embedding dimension (16 or 32, float32)")
+    p.add_argument("--concurrency", type=_counts, default=(1, 4, 16), help="closed-loop clients, comma list")
+    p.add_argument("--duration-s", type=float, default=20.0, help="measured seconds per point")
+    p.add_argument("--warmup-s", type=float, default=2.0, help="unmeasured seconds before each point")
+    p.add_argument("--repeats", type=_count, default=3, help="runs per figure (median, min, max)")
+    p.add_argument("--bodies", type=_count, default=256, help="distinct request bodies cycled by the clients")
+    p.add_argument("--live-concurrency", type=_count, default=4, help="ranking clients during deltas and swaps")
+    p.add_argument("--onnx-threads", type=_count, default=1, help="intra-op threads of both servers' ONNX sessions")
+    p.add_argument("--fill-delta-rows", type=_count, default=250_000, help="rows per delta when filling the store")
+    p.add_argument("--client", choices=["raw", "httpx"], default="raw", help="load generator's HTTP client")
+    p.add_argument("--zipf-s", type=float, default=1.1, help="Zipf exponent of popular ids")
+    p.add_argument("--seed", type=int, default=20_240_601, help="seed of every generator")
+    p.add_argument("--workdir", type=Path, default=None, help="where the run directory goes (default: temp)")
+    p.add_argument("--keep", action="store_true", help="keep the run directory (stores, logs, load results)")
+    p.add_argument("--redis-server", default=None, help="redis-server executable (default: from PATH)")
+    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    p.set_defaults(command_module="benchmarks.rank_command")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="liverank bench", description=__doc__)
+    subparsers = parser.add_subparsers(dest="benchmark", metavar="<benchmark>", required=True)
+    _add_store_parser(subparsers)
+    _add_rank_parser(subparsers)
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    # Imported only now: `liverank bench --help` and argument errors need none of the benchmark's dependencies.
+    run: Callable[[argparse.Namespace], int] = importlib.import_module(args.command_module).run
+    return run(args)

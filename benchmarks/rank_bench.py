@@ -1,0 +1,292 @@
+"""``liverank bench rank``: W-500 ranking against a real ``liverank serve``, next to the baseline most teams build.
+
+For each store size: fill a fresh liverank store (directly, before its server starts) and Redis with the same rows;
+start ``liverank serve`` and the baseline app (FastAPI + Redis MGET + ONNX Runtime + pydantic) as child processes;
+check that both rank the same requests the same way; then measure closed-loop latency and throughput at each
+concurrency, alternating the two servers; then, on liverank only, D-10k deltas under ranking load and bundle swaps
+under ranking load. The load generator is a separate process on the same 2 cores (its CPU use is recorded).
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib.util
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+
+from benchmarks.d10k import DeltaStream
+from benchmarks.load import ClientKind, LoadSpec, write_bodies
+from benchmarks.machine import machine_info
+from benchmarks.rank_fill import fill_stores
+from benchmarks.rank_live import LiveSetup, deltas_under_load, swaps_under_load
+from benchmarks.rank_points import rank_points
+from benchmarks.rank_targets import evaluate_targets
+from benchmarks.redis_peer import RedisServer
+from benchmarks.servers import ServerProcess, baseline_server, liverank_server
+from benchmarks.steplog import StepLog
+from benchmarks.w500 import RequestMaker, W500Tables, make_tables, to_rows
+from exporter.archive import archive_bundle
+from exporter.synthetic import build_synthetic_bundle
+from serving.settings import Settings
+from store.manifest import Manifest
+
+RESULT_SCHEMA = 1
+ADMIN_TOKEN = "bench-admin-token"
+_REPO = Path(__file__).resolve().parent.parent
+_EXTRA_PACKAGES = ("onnxruntime", "fastapi", "starlette", "uvicorn", "pydantic", "httpx", "orjson")
+_CHECKED_BODIES = 8
+
+
+@dataclass(frozen=True)
+class RankBenchSettings:
+    """Everything that shapes a run; recorded with the results."""
+
+    sizes: tuple[int, ...] = (1_000_000, 10_000_000)
+    dim: int = 32
+    concurrencies: tuple[int, ...] = (1, 4, 16)
+    duration_s: float = 20.0
+    warmup_s: float = 2.0
+    repeats: int = 3
+    bodies: int = 256
+    live_concurrency: int = 4
+    onnx_threads: int = 1
+    fill_delta_rows: int = 250_000
+    zipf_s: float = 1.1
+    seed: int = 20_240_601
+    client: ClientKind = "raw"
+    ready_timeout_s: float = 900.0
+    workdir: Path | None = None
+    keep: bool = False
+    redis_server: str = "redis-server"
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["workdir"] = None if self.workdir is None else str(self.workdir)
+        return out
+
+
+@dataclass(frozen=True)
+class Bundles:
+    """The bundle that goes live at start-up, and the archives of the later versions uploaded under load."""
+
+    live_dir: Path
+    manifest: Manifest
+    swaps: list[tuple[str, bytes]]
+
+
+def _versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for name in _EXTRA_PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def server_settings(settings: RankBenchSettings) -> dict[str, Any]:
+    defaults = Settings.model_fields
+    fast_http = {name: importlib.util.find_spec(name) is not None for name in ("uvloop", "httptools")}
+    return {
+        "liverank": {
+            "command": "liverank serve (one uvicorn process)",
+            "workers": 1,
+            "onnx_threads": settings.onnx_threads,
+            "gc_freeze": defaults["gc_freeze"].default,
+            "durability": defaults["durability"].default,
+            "ram_budget_rows": defaults["ram_budget_rows"].default,
+            "uvicorn_extras_installed": fast_http,
+        },
+        "baseline": {
+            "command": "python -m benchmarks.baseline_app (one uvicorn process)",
+            "workers": 1,
+            "onnx_threads": settings.onnx_threads,
+            "gc_freeze": False,
+            "endpoint": "sync def (FastAPI thread pool), pydantic request and response models",
+            "redis": "one MGET per request, redis-py connection pool of 64",
+            "uvicorn_extras_installed": fast_http,
+        },
+    }
+
+
+@contextmanager
+def _run_dir(settings: RankBenchSettings, log: StepLog) -> Iterator[Path]:
+    if settings.workdir is not None:
+        settings.workdir.mkdir(parents=True, exist_ok=True)
+    path = Path(tempfile.mkdtemp(prefix="liverank-rank-bench-", dir=settings.workdir))
+    log("work directory: %s", path)
+    try:
+        yield path
+    finally:
+        if settings.keep:
+            log("kept %s", path)
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def make_bundles(root: Path, settings: RankBenchSettings) -> Bundles:
+    """Version 1 (live at start-up) and one later version per repeat (same schema, other weights) to swap in."""
+    live_dir = root / "v1"
+    manifest = build_synthetic_bundle(live_dir, preset="w500", dim=settings.dim, version="1", seed=settings.seed)
+    swaps = []
+    for i in range(settings.repeats):
+        version = str(i + 2)
+        path = root / f"v{version}"
+        build_synthetic_bundle(path, preset="w500", dim=settings.dim, version=version, seed=settings.seed + i + 1)
+        swaps.append((version, archive_bundle(path)))
+    return Bundles(live_dir, manifest, swaps)
+
+
+def run(settings: RankBenchSettings, log: StepLog) -> dict[str, Any]:
+    """Run the whole benchmark and return the JSON-ready result."""
+    started = time.perf_counter()
+    machine = machine_info(_REPO)
+    machine["versions"].update(_versions())
+    result: dict[str, Any] = {
+        "benchmark": "rank",
+        "schema": RESULT_SCHEMA,
+        "date": machine["date"],
+        "commit": machine["git"]["commit"],
+        "machine": machine,
+        "seed": settings.seed,
+        "settings": settings.to_json(),
+        "server_settings": server_settings(settings),
+        "method": {
+            "workload": "W-500: 1 user (6 features, 50-id history), 500 candidates x 20 features, k=50, Zipf(1.1)",
+            "load": "closed loop: N clients in one separate process (asyncio, keep-alive HTTP/1.1 connections, "
+            f"{settings.client} client), each sending its next request when the previous one is answered",
+            "cpu_note": "the load generator runs on the same 2 cores as the server (and Redis): it competes for CPU; "
+            "client_cpu_cores says how much it took",
+            "alternation": "each repeat measures every concurrency on both servers, alternating which goes first",
+            "fill": "liverank store filled directly (EmbeddingStore.apply of deltas, key order) before the server "
+            "starts; Redis holds the same rows under <slot>:<id> as raw float32 bytes",
+            "deltas": "D-10k: 10k rows/s pushed with ?wait=visible while ranking at the live concurrency, alternating "
+            "with windows without deltas",
+            "swap": "a new bundle version uploaded to POST /admin/bundles halfway through a window of ranking load",
+        },
+        "sizes": [],
+    }
+    with _run_dir(settings, log) as workdir, RedisServer(settings.redis_server, workdir / "redis") as redis_server:
+        result["machine"]["redis_server"] = redis_server.info()["redis_version"]
+        log("building bundles (w500, dim %d, %d swap versions)", settings.dim, settings.repeats)
+        bundles = make_bundles(workdir / "bundles", settings)
+        for size in settings.sizes:
+            result["sizes"].append(_bench_size(size, settings, bundles, redis_server, workdir, log))
+            gc.collect()
+    result["wall_s"] = time.perf_counter() - started
+    return result
+
+
+def _write_bodies(manifest: Manifest, tables: W500Tables, count: int, size_dir: Path) -> tuple[Path, Path]:
+    maker = RequestMaker(manifest, tables, stream=1)
+    docs = [maker.make() for _ in range(count)]
+    liverank, baseline = size_dir / "bodies-liverank.jsonl", size_dir / "bodies-baseline.jsonl"
+    write_bodies(liverank, [orjson.dumps(d) for d in docs])
+    write_bodies(baseline, [orjson.dumps(to_rows(d)) for d in docs])
+    return liverank, baseline
+
+
+def _bench_size(
+    size: int,
+    settings: RankBenchSettings,
+    bundles: Bundles,
+    redis_server: RedisServer,
+    workdir: Path,
+    log: StepLog,
+) -> dict[str, Any]:
+    label = f"{size:,}"
+    size_dir = workdir / f"size-{size}"
+    size_dir.mkdir()
+    manifest = bundles.manifest
+    log("size %s: generating ids and %d request bodies", label, settings.bodies)
+    tables = make_tables(manifest, size, settings.zipf_s, settings.seed)
+    bodies_liverank, bodies_baseline = _write_bodies(manifest, tables, settings.bodies, size_dir)
+    out: dict[str, Any] = {"largest_slot_rows": size, "rows_total": tables.n_rows, "loadavg_at_start": _loadavg()}
+    log("size %s: filling liverank and Redis with %s rows", label, f"{tables.n_rows:,}")
+    client = redis_server.client()
+    try:
+        out["fill"] = fill_stores(
+            size_dir / "data" / "store", client, manifest, tables, settings.dim, settings.fill_delta_rows, log
+        )
+    finally:
+        client.close()
+    gc.collect()
+    live = liverank_server(size_dir / "data", bundles.live_dir, ADMIN_TOKEN, settings.onnx_threads, size_dir)
+    base = baseline_server(bundles.live_dir, redis_server.port, settings.onnx_threads, size_dir)
+    with live, base:
+        log("size %s: starting liverank serve (RAM tier warm-up) and the baseline", label)
+        live.start(settings.ready_timeout_s)
+        base.start(settings.ready_timeout_s)
+        out["startup_s"] = {"liverank": live.startup_s, "baseline": base.startup_s}
+        out["server_rss_bytes_at_start"] = {"liverank": live.rss_bytes(), "baseline": base.rss_bytes()}
+        out["answers"] = check_answers(live, base, bodies_liverank, bodies_baseline)
+        log("size %s: both servers up; top-k agreement %.3f", label, out["answers"]["top_k_overlap"])
+        specs = {
+            name: LoadSpec(server.port, path, bodies, 1, settings.duration_s, settings.warmup_s, client=settings.client)
+            for name, server, path, bodies in (
+                ("liverank", live, "/v1/rank", bodies_liverank),
+                ("baseline", base, "/rank", bodies_baseline),
+            )
+        }
+        out["rank"] = rank_points(specs, {"liverank": live, "baseline": base}, redis_server, settings, size_dir, log)
+        with httpx.Client(
+            base_url=live.base_url, headers={"authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=120.0
+        ) as admin:
+            setup = LiveSetup(
+                live.port,
+                admin,
+                bodies_liverank,
+                settings.live_concurrency,
+                settings.duration_s,
+                settings.warmup_s,
+                settings.repeats,
+                size_dir,
+                settings.client,
+            )
+            log("size %s: D-10k deltas under ranking load (concurrency %d)", label, settings.live_concurrency)
+            out["deltas"] = deltas_under_load(setup, DeltaStream(tables, settings.dim, manifest.schema_hash), log)
+            log("size %s: bundle swaps under ranking load", label)
+            out["swap"] = swaps_under_load(setup, bundles.swaps, log)
+            out["server_rss_bytes_at_end"] = {"liverank": live.rss_bytes(), "baseline": base.rss_bytes()}
+    out["loadavg_at_end"] = _loadavg()
+    out["targets"] = evaluate_targets(out)
+    if not settings.keep:
+        shutil.rmtree(size_dir / "data", ignore_errors=True)
+    return out
+
+
+def _loadavg() -> list[float]:
+    """1, 5 and 15 minute load averages: other work on the machine shows up here."""
+    return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
+
+
+def check_answers(live: ServerProcess, base: ServerProcess, liverank: Path, baseline: Path) -> dict[str, Any]:
+    """Both servers rank the same requests with the same rows and the same network: their top-k should agree."""
+    live_bodies = liverank.read_bytes().split(b"\n")[:_CHECKED_BODIES]
+    base_bodies = baseline.read_bytes().split(b"\n")[:_CHECKED_BODIES]
+    overlaps: list[float] = []
+    same_order = 0
+    with httpx.Client(timeout=60.0) as client:
+        for a, b in zip(live_bodies, base_bodies, strict=True):
+            got_live = client.post(f"{live.base_url}/v1/rank", content=a, headers={"content-type": "application/json"})
+            got_base = client.post(f"{base.base_url}/rank", content=b, headers={"content-type": "application/json"})
+            if got_live.status_code != 200 or got_base.status_code != 200:
+                raise RuntimeError(
+                    f"a check request failed: liverank {got_live.status_code} {got_live.text[:300]}, "
+                    f"baseline {got_base.status_code} {got_base.text[:300]}"
+                )
+            ids_live = [item["index"] for item in got_live.json()["items"]]
+            ids_base = [item["index"] for item in got_base.json()["items"]]
+            overlaps.append(len(set(ids_live) & set(ids_base)) / max(1, len(ids_live)))
+            same_order += ids_live == ids_base
+    return {"requests": len(overlaps), "top_k_overlap": sum(overlaps) / len(overlaps), "same_order": same_order}

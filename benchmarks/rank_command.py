@@ -1,0 +1,50 @@
+"""``liverank bench rank``: run the ranking benchmark from parsed arguments, write JSON, print tables."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+
+import orjson
+from rich.console import Console
+
+from benchmarks.rank_bench import RankBenchSettings
+from benchmarks.rank_bench import run as run_benchmark
+from benchmarks.rank_report import render_rich
+from benchmarks.steplog import StepLog
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the ranking benchmark with parsed ``liverank bench rank`` arguments."""
+    redis_server = args.redis_server or shutil.which("redis-server")
+    if redis_server is None:
+        print("liverank bench rank: redis-server is not on PATH (pass --redis-server)", file=sys.stderr)
+        return 2
+    if args.dim not in (16, 32):
+        print("liverank bench rank: W-500 uses dim 16 or 32", file=sys.stderr)
+        return 2
+    settings = RankBenchSettings(
+        sizes=args.sizes,
+        dim=args.dim,
+        concurrencies=args.concurrency,
+        duration_s=args.duration_s,
+        warmup_s=args.warmup_s,
+        repeats=args.repeats,
+        bodies=args.bodies,
+        live_concurrency=args.live_concurrency,
+        onnx_threads=args.onnx_threads,
+        fill_delta_rows=args.fill_delta_rows,
+        zipf_s=args.zipf_s,
+        seed=args.seed,
+        client=args.client,
+        workdir=args.workdir,
+        keep=args.keep,
+        redis_server=redis_server,
+    )
+    result = run_benchmark(settings, StepLog(quiet=args.quiet))
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY) + b"\n")
+    render_rich(result, Console(width=None if sys.stdout.isatty() else 200))
+    return 0

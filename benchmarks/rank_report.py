@@ -1,0 +1,142 @@
+"""Readable tables of a ranking benchmark result (rich), with ratios and targets beside the figures."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from benchmarks.rank_targets import evaluate_targets
+
+
+def _num(value: float | None) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if abs(value) >= 100:
+        return f"{value:,.0f}"
+    if abs(value) >= 10:
+        return f"{value:.1f}"
+    return f"{value:.2f}"
+
+
+def _spread(summary: dict[str, Any]) -> str:
+    return f"{_num(summary['median'])} ({_num(summary['min'])}–{_num(summary['max'])})"
+
+
+def _ratio(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2f}x"
+
+
+def header_lines(result: dict[str, Any]) -> list[str]:
+    m = result["machine"]
+    v = m["versions"]
+    s = result["settings"]
+    git = m["git"]
+    commit = (git["commit"] or "unknown")[:12] + (" (dirty)" if git.get("dirty") else "")
+    live, base = result["server_settings"]["liverank"], result["server_settings"]["baseline"]
+    return [
+        f"date {m['date']} · {m['cpu_model']} · {m['cores']} cores · kernel {m['kernel']} · commit {commit} · "
+        f"seed {result['seed']}",
+        f"Python {v['python']} · onnxruntime {v.get('onnxruntime')} · fastapi {v.get('fastapi')} · uvicorn "
+        f"{v.get('uvicorn')} · pydantic {v.get('pydantic')} · redis-server {m.get('redis_server')}",
+        f"W-500, dim {s['dim']} float32 · {s['repeats']} repeats of {s['duration_s']:g} s (+{s['warmup_s']:g} s "
+        f"warm-up) per point, median (min–max) · {s['bodies']} distinct request bodies",
+        f"liverank: {live['workers']} worker, ONNX threads {live['onnx_threads']}, gc.freeze {live['gc_freeze']}, "
+        f"durability {live['durability']} · baseline: {base['workers']} worker, ONNX threads "
+        f"{base['onnx_threads']}, gc.freeze {base['gc_freeze']}",
+        "NOTE: the load generator is a separate process on the SAME 2 cores: it competes with the server for CPU "
+        "(its share is the 'client' column); 'cores all' is the whole machine's busy CPU during the point (server + "
+        "client + Redis + any other process); 'r' is Redis; CPU ms/req is the server's CPU time per request (the "
+        "figure contention distorts least).",
+    ]
+
+
+def _rank_table(size: dict[str, Any]) -> Table:
+    title = (
+        f"Ranking W-500, largest slots {size['largest_slot_rows']:,} rows ({size['rows_total']:,} rows in all): "
+        "latency ms, throughput rps; l/b = liverank/baseline"
+    )
+    table = Table(title=title, title_justify="left")
+    for header in ("c", "liverank p50", "liverank p99", "liverank rps", "baseline p50", "baseline p99"):
+        table.add_column(header, justify="right")
+    for header in ("baseline rps", "rps l/b", "p99 l/b", "CPU ms/req l/b", "cores srv l/b", "cores client"):
+        table.add_column(header, justify="right")
+    for header in ("cores all", "failed"):
+        table.add_column(header, justify="right")
+    for e in size["rank"]:
+        live, base, ratios = e["liverank"], e["baseline"], e["ratios_liverank_over_baseline"]
+        table.add_row(
+            str(e["concurrency"]),
+            _spread(live["p50_ms"]),
+            _spread(live["p99_ms"]),
+            _spread(live["rps"]),
+            _spread(base["p50_ms"]),
+            _spread(base["p99_ms"]),
+            _spread(base["rps"]),
+            _ratio(ratios["rps"]),
+            _ratio(ratios["p99_ms"]),
+            f"{_num(live['server_cpu_ms_per_request']['median'])}/{_num(base['server_cpu_ms_per_request']['median'])}"
+            f"+{_num(base['redis_cpu_ms_per_request']['median'])}r",
+            f"{live['server_cpu_cores']:.2f}/{base['server_cpu_cores']:.2f}+{base.get('redis_cpu_cores', 0):.2f}r",
+            f"{live['client_cpu_cores']:.2f}/{base['client_cpu_cores']:.2f}",
+            f"{live['machine_busy_cores']:.2f}/{base['machine_busy_cores']:.2f}",
+            f"{live['failed']}/{base['failed']}",
+        )
+    return table
+
+
+def _live_table(size: dict[str, Any]) -> Table:
+    table = Table(title="Live changes under ranking load (liverank)", title_justify="left")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    d = size.get("deltas")
+    if d:
+        c, s = d["push_to_visible_client_ms"], d["push_to_visible_server_ms"]
+        table.add_row(
+            f"D-10k push-to-visible, client (POST ?wait=visible), {c['count']} deltas of {d['rows_per_delta']:,} rows",
+            f"p50 {_num(c['p50'])} ms · p99 {_num(c['p99'])} ms · max {_num(c['max'])} ms · {c['failed']} failed",
+        )
+        table.add_row(
+            f"push-to-visible, server (/admin/status, {s['count']} deltas)",
+            f"p50 {_num(s['p50'])} ms · p99 {_num(s['p99'])} ms · max {_num(s['max'])} ms",
+        )
+        table.add_row(f"rank p99 without deltas (c={d['concurrency']})", f"{_spread(d['rank_p99_without_ms'])} ms")
+        table.add_row(f"rank p99 with deltas (c={d['concurrency']})", f"{_spread(d['rank_p99_with_ms'])} ms")
+        table.add_row("p99 inflation while deltas apply", f"{d['p99_inflation_pct']:+.1f} %")
+    sw = size.get("swap")
+    if sw:
+        for entry in sw["swaps"]:
+            around = entry["around_swap_ms"]
+            table.add_row(
+                f"swap to version {entry['version']} (c={sw['concurrency']})",
+                f"HTTP {entry['upload_status']} in {entry['swap_s']:.2f} s · live {entry['live_version_after']} · "
+                f"{entry['failed_requests']} failed · max latency around it {_num(around['max'])} ms",
+            )
+    table.add_row(
+        "start-up to ready (liverank / baseline)",
+        f"{_num(size['startup_s']['liverank'])} s / {_num(size['startup_s']['baseline'])} s",
+    )
+    table.add_row("top-k agreement liverank vs baseline", f"{size['answers']['top_k_overlap']:.3f}")
+    return table
+
+
+def _targets_table(size: dict[str, Any]) -> Table:
+    table = Table(title="Targets", title_justify="left")
+    for header in ("target", "bound", "measured", "met"):
+        table.add_column(header)
+    for t in evaluate_targets(size):
+        table.add_row(t["name"], t["target"], f"{_num(t['value'])} {t['unit']}", "yes" if t["met"] else "NO")
+    return table
+
+
+def render_rich(result: dict[str, Any], console: Console) -> None:
+    for line in header_lines(result):
+        console.print(line, highlight=False, soft_wrap=True)
+    for size in result["sizes"]:
+        console.print()
+        console.print(_rank_table(size))
+        console.print(_live_table(size))
+        console.print(_targets_table(size))

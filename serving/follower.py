@@ -1,0 +1,128 @@
+"""The follower: the serving process's side of the writer process.
+
+A thread that brings the RAM tier up to what the writer committed (``EmbeddingStore.catch_up``), measures
+push-to-visible as the time from a delta's receipt to this process serving it, wakes ``?wait=visible`` waiters,
+mirrors the writer's state into metrics and readiness, and restarts the writer if it dies.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from typing import Any
+
+import numpy as np
+
+from serving.metrics import Metrics
+from serving.writer import STATUS_RECORD, WriterProcess
+from store import EmbeddingStore
+
+log = logging.getLogger(__name__)
+
+_STATUS_EVERY_S = 0.25
+
+
+class Follower:
+    """Keeps this process's view current with the writer process; same surface as the in-process ``Updater``."""
+
+    def __init__(self, store: EmbeddingStore, writer: WriterProcess, metrics: Metrics, *, poll_s: float) -> None:
+        self._store = store
+        self._writer = writer
+        self._metrics = metrics
+        self._poll_s = poll_s
+        self._stop = threading.Event()
+        self._applied = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name="liverank-follower", daemon=True)
+        self._failures_seen: dict[str, int] = {}
+        self.drained_at_start = threading.Event()
+        self.last_apply_ms: int | None = None
+        self.push_to_visible_s: collections.deque[float] = collections.deque(maxlen=2048)
+
+    def start(self) -> None:
+        self._writer.start()
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        self._stop.set()
+        self._thread.join(timeout_s)
+        self._writer.stop()
+
+    def wake(self) -> None:
+        """The writer polls the inbox on its own; nothing to do here."""
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive() and self._writer.alive
+
+    def wait_applied(self, producer: str, seq: int, timeout_s: float) -> bool:
+        """Block until ``producer``'s ``seq`` is applied and this process serves it, or the timeout passes."""
+        deadline = time.monotonic() + timeout_s
+        with self._applied:
+            while self._store.served_seq(producer) < seq:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._applied.wait(min(left, 0.01))
+        return True
+
+    def _run(self) -> None:
+        next_status = time.monotonic()
+        while not self._stop.is_set():
+            try:
+                self._follow()
+                if time.monotonic() >= next_status:
+                    self._mirror_writer()
+                    next_status = time.monotonic() + _STATUS_EVERY_S
+            except Exception:
+                log.exception("follower failed; retrying")
+                self._metrics.updater_failures.labels(kind="follower").inc()
+                self._stop.wait(1.0)
+                continue
+            self._stop.wait(self._poll_s)
+
+    def _follow(self) -> None:
+        followed = self._store.catch_up()
+        if not followed:
+            return
+        now_ms = time.time_ns() // 1_000_000
+        for entry in followed:
+            if entry.received_at_ms > 0:
+                visible_s = max(0.0, (now_ms - entry.received_at_ms) / 1000.0)
+                self.push_to_visible_s.append(visible_s)
+                self._metrics.push_to_visible_seconds.observe(visible_s)
+            self._metrics.applied_sequence.labels(producer=entry.producer).set(entry.seq)
+            self._metrics.deltas_applied.inc()
+            self._metrics.delta_rows_applied.inc(entry.n_rows)
+        self.last_apply_ms = now_ms
+        with self._applied:
+            self._applied.notify_all()
+
+    def _mirror_writer(self) -> None:
+        if not self._writer.alive and not self._stop.is_set():
+            self._metrics.updater_failures.labels(kind="writer_restart").inc()
+            self._writer.restart()
+            return
+        status: dict[str, Any] = self._store.lmdb.get_app_record(STATUS_RECORD) or {}
+        if status.get("token") != self._writer.token:
+            return  # a previous writer's record: this one has not reported yet
+        for kind, count in status.get("failures", {}).items():
+            new = count - self._failures_seen.get(kind, 0)
+            if new > 0:
+                self._metrics.updater_failures.labels(kind=kind).inc(new)
+            self._failures_seen[kind] = count
+        if status.get("drained_at_start") and not self.drained_at_start.is_set():
+            self._follow()  # serve what the writer applied before calling this process ready
+            self.drained_at_start.set()
+
+    def push_to_visible_summary(self) -> dict[str, float | int | None]:
+        values = np.asarray(self.push_to_visible_s, dtype=np.float64)
+        if not values.size:
+            return {"count": 0, "p50_s": None, "p99_s": None, "max_s": None}
+        return {
+            "count": int(values.size),
+            "p50_s": float(np.percentile(values, 50)),
+            "p99_s": float(np.percentile(values, 99)),
+            "max_s": float(values.max()),
+        }

@@ -1,0 +1,121 @@
+"""The writer process: applies queued deltas to LMDB outside the serving process.
+
+Why a process: py-lmdb gives up and re-takes the GIL around every row it writes (and every key it reads). In a
+server whose request threads keep the GIL busy, a 10,000-row delta that takes ~50 ms alone took 0.4-2.6 s (measured:
+BENCHMARKS.md), so push-to-visible and ranking tails grew with load. Here the LMDB work runs in its own interpreter;
+the serving process only follows the changelog into its RAM tier (a few vectorised numpy calls per delta).
+
+The child runs the same ``Updater`` loop as the in-process mode (drain the inbox, flush, sweep) and publishes its
+state as the store's ``writer_status`` record, which the server's follower reads for readiness and metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import multiprocessing.synchronize
+import os
+import secrets
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from serving.metrics import Metrics
+from serving.updater import Updater
+from store import EmbeddingStore, Inbox
+
+log = logging.getLogger(__name__)
+
+STATUS_RECORD = "writer_status"
+_STATUS_INTERVAL_S = 0.25
+
+
+@dataclass(frozen=True)
+class WriterConfig:
+    """What the writer process needs (plain values: it crosses a process boundary)."""
+
+    store_path: str
+    map_size_bytes: int
+    durability: str
+    inbox_max_depth: int
+    poll_s: float
+    flush_interval_s: float
+    sweep_interval_s: float
+    log_level: int
+
+
+def _writer_main(config: dict[str, Any], stop: multiprocessing.synchronize.Event, token: int, parent_pid: int) -> None:
+    cfg = WriterConfig(**config)
+    logging.basicConfig(level=cfg.log_level, format="%(asctime)s %(levelname)s writer %(name)s: %(message)s")
+    store = EmbeddingStore.open(
+        cfg.store_path,
+        map_size_bytes=cfg.map_size_bytes,
+        durability=cfg.durability,  # type: ignore[arg-type]
+        ram_tier=False,
+    )
+    try:
+        updater = Updater(
+            store,
+            Inbox(store.lmdb, cfg.inbox_max_depth),
+            Metrics(),
+            poll_s=cfg.poll_s,
+            flush_interval_s=cfg.flush_interval_s,
+            sweep_interval_s=cfg.sweep_interval_s,
+        )
+        updater.start()
+        while not stop.wait(_STATUS_INTERVAL_S):
+            if os.getppid() != parent_pid:
+                # The server died without stopping us (SIGKILL): a writer must not outlive its server, whose
+                # restart starts a writer of its own.
+                log.error("the server process is gone; the writer exits")
+                break
+            store.lmdb.put_app_record(STATUS_RECORD, {**updater.status_record(), "token": token})
+            if not updater.alive:
+                log.error("the writer's updater thread stopped; the writer exits so that the server restarts it")
+                break
+        updater.stop()
+    finally:
+        store.close()
+
+
+class WriterProcess:
+    """Starts, watches and stops the writer child (spawned: LMDB handles must not cross a fork)."""
+
+    def __init__(self, config: WriterConfig) -> None:
+        self._config = config
+        self._context = multiprocessing.get_context("spawn")
+        self._stop = self._context.Event()
+        self._process: multiprocessing.process.BaseProcess | None = None
+        self.token = 0  # tells this writer's status records from any earlier writer's (random per start)
+        self.restarts = 0
+
+    def start(self) -> None:
+        self.token = secrets.randbits(62)
+        self._stop = self._context.Event()
+        self._process = self._context.Process(
+            target=_writer_main,
+            args=(asdict(self._config), self._stop, self.token),
+            name="liverank-writer",
+            daemon=True,
+        )
+        self._process.start()
+
+    @property
+    def alive(self) -> bool:
+        return self._process is not None and self._process.is_alive()
+
+    def restart(self) -> None:
+        log.error("the writer process exited (code %s); starting it again", self._process and self._process.exitcode)
+        self.restarts += 1
+        self.stop()
+        self.start()
+
+    def stop(self, timeout_s: float = 15.0) -> None:
+        process = self._process
+        if process is None:
+            return
+        self._stop.set()
+        process.join(timeout_s)
+        if process.is_alive():
+            process.terminate()
+            process.join(5)
+        self._process = None
