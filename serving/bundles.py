@@ -23,6 +23,7 @@ from typing import Any
 
 from serving.bundle import Bundle, extract_bundle_archive, load_bundle_dir
 from serving.errors import BundleIncompatible, BundleInvalid, NoPreviousBundle
+from serving.memory import release_free_memory_soon
 from serving.model_slot import LiveModel, ModelSlot
 from serving.runner import OnnxRunner
 from store import EmbeddingStore
@@ -177,7 +178,8 @@ class BundleManager:
         self._store.bind_schema(bundle.manifest.schema_hash)
         self._save(BundleRecord(bundle_id, history))
         live = LiveModel(bundle_id, bundle, runner, time.time_ns() // 1_000_000)
-        self._slot.replace(live)
+        if self._slot.replace(live) is not None:
+            release_free_memory_soon()
         log.info("bundle %s (model %s version %s) is live", bundle_id, bundle.manifest.model, bundle.version)
         return live
 
