@@ -101,8 +101,8 @@ class Follower:
 
     def _mirror_writer(self) -> None:
         if not self._writer.alive and not self._stop.is_set():
-            self._metrics.updater_failures.labels(kind="writer_restart").inc()
-            self._writer.restart()
+            if self._writer.restart():
+                self._metrics.updater_failures.labels(kind="writer_restart").inc()
             return
         status: dict[str, Any] = self._store.lmdb.get_app_record(STATUS_RECORD) or {}
         if status.get("token") != self._writer.token:

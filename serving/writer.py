@@ -16,6 +16,7 @@ import multiprocessing
 import multiprocessing.synchronize
 import os
 import secrets
+import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -87,13 +88,14 @@ class WriterProcess:
         self._process: multiprocessing.process.BaseProcess | None = None
         self.token = 0  # tells this writer's status records from any earlier writer's (random per start)
         self.restarts = 0
+        self._next_restart = 0.0
 
     def start(self) -> None:
         self.token = secrets.randbits(62)
         self._stop = self._context.Event()
         self._process = self._context.Process(
             target=_writer_main,
-            args=(asdict(self._config), self._stop, self.token),
+            args=(asdict(self._config), self._stop, self.token, os.getpid()),
             name="liverank-writer",
             daemon=True,
         )
@@ -103,11 +105,17 @@ class WriterProcess:
     def alive(self) -> bool:
         return self._process is not None and self._process.is_alive()
 
-    def restart(self) -> None:
+    def restart(self) -> bool:
+        """Start a dead writer again, backing off (1 s, doubling, at most 30 s) if it keeps dying."""
+        now = time.monotonic()
+        if now < self._next_restart:
+            return False
         log.error("the writer process exited (code %s); starting it again", self._process and self._process.exitcode)
         self.restarts += 1
+        self._next_restart = now + min(30.0, 2.0 ** min(self.restarts - 1, 5))
         self.stop()
         self.start()
+        return True
 
     def stop(self, timeout_s: float = 15.0) -> None:
         process = self._process
