@@ -11,13 +11,14 @@ state as the store's ``writer_status`` record, which the server's follower reads
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
-import multiprocessing.synchronize
 import os
 import secrets
 import time
 from dataclasses import asdict, dataclass
+from multiprocessing.connection import Connection
 from typing import Any
 
 from serving.metrics import Metrics
@@ -44,7 +45,7 @@ class WriterConfig:
     log_level: int
 
 
-def _writer_main(config: dict[str, Any], stop: multiprocessing.synchronize.Event, token: int, parent_pid: int) -> None:
+def _writer_main(config: dict[str, Any], stop: Connection, token: int, parent_pid: int) -> None:
     cfg = WriterConfig(**config)
     logging.basicConfig(level=cfg.log_level, format="%(asctime)s %(levelname)s writer %(name)s: %(message)s")
     store = EmbeddingStore.open(
@@ -63,7 +64,9 @@ def _writer_main(config: dict[str, Any], stop: multiprocessing.synchronize.Event
             sweep_interval_s=cfg.sweep_interval_s,
         )
         updater.start()
-        while not stop.wait(_STATUS_INTERVAL_S):
+        # ``stop`` is the read end of a pipe: readable when the server asks us to stop, or at EOF when the server
+        # is gone. (A multiprocessing.Event would not do: a process killed while holding its lock blocks it.)
+        while not stop.poll(_STATUS_INTERVAL_S):
             if os.getppid() != parent_pid:
                 # The server died without stopping us (SIGKILL): a writer must not outlive its server, whose
                 # restart starts a writer of its own.
@@ -84,7 +87,7 @@ class WriterProcess:
     def __init__(self, config: WriterConfig) -> None:
         self._config = config
         self._context = multiprocessing.get_context("spawn")
-        self._stop = self._context.Event()
+        self._stop_sender: Connection | None = None
         self._process: multiprocessing.process.BaseProcess | None = None
         self.token = 0  # tells this writer's status records from any earlier writer's (random per start)
         self.restarts = 0
@@ -92,14 +95,15 @@ class WriterProcess:
 
     def start(self) -> None:
         self.token = secrets.randbits(62)
-        self._stop = self._context.Event()
+        receiver, self._stop_sender = self._context.Pipe(duplex=False)
         self._process = self._context.Process(
             target=_writer_main,
-            args=(asdict(self._config), self._stop, self.token, os.getpid()),
+            args=(asdict(self._config), receiver, self.token, os.getpid()),
             name="liverank-writer",
             daemon=True,
         )
         self._process.start()
+        receiver.close()  # the child has its own copy
 
     @property
     def alive(self) -> bool:
@@ -118,10 +122,14 @@ class WriterProcess:
         return True
 
     def stop(self, timeout_s: float = 15.0) -> None:
-        process = self._process
+        process, sender = self._process, self._stop_sender
         if process is None:
             return
-        self._stop.set()
+        if sender is not None:
+            with contextlib.suppress(OSError):  # the writer may already be gone
+                sender.send_bytes(b"stop")
+            sender.close()
+            self._stop_sender = None
         process.join(timeout_s)
         if process.is_alive():
             process.terminate()
