@@ -240,6 +240,10 @@ def test_the_only_bundle_damaged_on_disk(
         assert (ranked.status_code, ranked.json()["code"]) == (503, "no_bundle")
         assert client.post("/admin/bundles", content=archives["b"], headers=ADMIN).status_code == 200
         assert _live_version(client) == "b"
+        # Ready once the writer process (started beside the server) has reported in: poll, do not race it.
+        deadline = time.monotonic() + 60
+        while client.get("/readyz").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.1)
         assert client.get("/readyz").status_code == 200
     server.stop()
     assert "bundle 000001-a cannot go live again" in server.log_text()
