@@ -7,14 +7,12 @@ mirrors the writer's state into metrics and readiness, and restarts the writer i
 
 from __future__ import annotations
 
-import collections
 import logging
 import threading
 import time
 from typing import Any
 
-import numpy as np
-
+from serving.freshness import Freshness
 from serving.metrics import Metrics
 from serving.writer import STATUS_RECORD, WriterProcess
 from store import EmbeddingStore
@@ -33,12 +31,11 @@ class Follower:
         self._metrics = metrics
         self._poll_s = poll_s
         self._stop = threading.Event()
-        self._applied = threading.Condition()
         self._thread = threading.Thread(target=self._run, name="liverank-follower", daemon=True)
         self._failures_seen: dict[str, int] = {}
         self.drained_at_start = threading.Event()
         self.last_apply_ms: int | None = None
-        self.push_to_visible_s: collections.deque[float] = collections.deque(maxlen=2048)
+        self.freshness = Freshness(store, metrics)
 
     def start(self) -> None:
         self._writer.start()
@@ -57,15 +54,8 @@ class Follower:
         return self._thread.is_alive() and self._writer.alive
 
     def wait_applied(self, producer: str, seq: int, timeout_s: float) -> bool:
-        """Block until ``producer``'s ``seq`` is applied and this process serves it, or the timeout passes."""
-        deadline = time.monotonic() + timeout_s
-        with self._applied:
-            while self._store.served_seq(producer) < seq:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._applied.wait(min(left, 0.01))
-        return True
+        """Block until ``producer``'s ``seq`` is served by this process, or the timeout passes."""
+        return self.freshness.wait_served(producer, seq, timeout_s)
 
     def _run(self) -> None:
         next_status = time.monotonic()
@@ -89,15 +79,12 @@ class Follower:
         now_ms = time.time_ns() // 1_000_000
         for entry in followed:
             if entry.received_at_ms > 0:
-                visible_s = max(0.0, (now_ms - entry.received_at_ms) / 1000.0)
-                self.push_to_visible_s.append(visible_s)
-                self._metrics.push_to_visible_seconds.observe(visible_s)
+                self.freshness.visible(entry.received_at_ms, now_ms)
             self._metrics.applied_sequence.labels(producer=entry.producer).set(entry.seq)
             self._metrics.deltas_applied.inc()
             self._metrics.delta_rows_applied.inc(entry.n_rows)
         self.last_apply_ms = now_ms
-        with self._applied:
-            self._applied.notify_all()
+        self.freshness.notify()
 
     def _mirror_writer(self) -> None:
         if not self._writer.alive and not self._stop.is_set():
@@ -117,12 +104,4 @@ class Follower:
             self.drained_at_start.set()
 
     def push_to_visible_summary(self) -> dict[str, float | int | None]:
-        values = np.asarray(self.push_to_visible_s, dtype=np.float64)
-        if not values.size:
-            return {"count": 0, "p50_s": None, "p99_s": None, "max_s": None}
-        return {
-            "count": int(values.size),
-            "p50_s": float(np.percentile(values, 50)),
-            "p99_s": float(np.percentile(values, 99)),
-            "max_s": float(values.max()),
-        }
+        return self.freshness.summary()

@@ -14,8 +14,7 @@ import threading
 import time
 from typing import Any
 
-import numpy as np
-
+from serving.freshness import Freshness
 from serving.metrics import Metrics
 from store import DeltaError, EmbeddingStore, Inbox, InboxEntry, SchemaMismatch, SequenceGap, StoreError, StoreFull
 
@@ -47,7 +46,6 @@ class Updater:
         self._sweep_interval_s = sweep_interval_s
         self._wake = threading.Event()
         self._stop = threading.Event()
-        self._applied = threading.Condition()
         self._thread = threading.Thread(target=self._run, name="liverank-updater", daemon=True)
         self._waiting_schema: set[bytes] = set()
         self.drained_at_start = threading.Event()
@@ -55,7 +53,7 @@ class Updater:
         self.failures: collections.Counter[str] = collections.Counter()  # by kind, also in the metrics
         self.deltas_applied = 0
         self.rows_applied = 0
-        self.push_to_visible_s: collections.deque[float] = collections.deque(maxlen=2048)
+        self.freshness = Freshness(store, metrics)
 
     # --- lifecycle ----------------------------------------------------------------------------------------------
 
@@ -78,16 +76,8 @@ class Updater:
     # --- waiting for visibility ---------------------------------------------------------------------------------
 
     def wait_applied(self, producer: str, seq: int, timeout_s: float) -> bool:
-        """Block until ``producer``'s ``seq`` is applied (by this process or another), or the timeout passes."""
-        deadline = time.monotonic() + timeout_s
-        with self._applied:
-            while self._store.served_seq(producer) < seq:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                # Another worker process may apply it: re-check the store now and then, not only on notify.
-                self._applied.wait(min(left, 0.01))
-        return True
+        """Block until ``producer``'s ``seq`` is served by this process, or the timeout passes."""
+        return self.freshness.wait_served(producer, seq, timeout_s)
 
     # --- the loop -----------------------------------------------------------------------------------------------
 
@@ -161,17 +151,14 @@ class Updater:
         self._waiting_schema.discard(entry.key)
         now_ms = time.time_ns() // 1_000_000
         if result.status == "applied":
-            visible_s = max(0.0, (now_ms - entry.received_at_ms) / 1000.0)
-            self.push_to_visible_s.append(visible_s)
-            self._metrics.push_to_visible_seconds.observe(visible_s)
+            self.freshness.visible(entry.received_at_ms, now_ms)
             self._metrics.deltas_applied.inc()
             self._metrics.delta_rows_applied.inc(result.rows_written)
             self.deltas_applied += 1
             self.rows_applied += result.rows_written
             self.last_apply_ms = now_ms
         self._metrics.applied_sequence.labels(producer=entry.producer).set(result.seq)
-        with self._applied:
-            self._applied.notify_all()
+        self.freshness.notify()
         return True
 
     def _fail(self, kind: str) -> None:
@@ -213,12 +200,4 @@ class Updater:
         }
 
     def push_to_visible_summary(self) -> dict[str, float | int | None]:
-        values = np.asarray(self.push_to_visible_s, dtype=np.float64)
-        if not values.size:
-            return {"count": 0, "p50_s": None, "p99_s": None, "max_s": None}
-        return {
-            "count": int(values.size),
-            "p50_s": float(np.percentile(values, 50)),
-            "p99_s": float(np.percentile(values, 99)),
-            "max_s": float(values.max()),
-        }
+        return self.freshness.summary()
