@@ -277,7 +277,7 @@ class EmbeddingStore:
 
     def validate(self, delta: SparseDelta) -> None:
         """Check a delta against the slots and the bound schema without writing it (e.g. before queueing)."""
-        prepare_delta(delta, self._slots, self._schema_hash)
+        prepare_delta(delta, self._slots, self._schema_hash, for_lmdb=False)
 
     def flush(self) -> None:
         self._lmdb.flush()
