@@ -417,14 +417,14 @@ class LmdbStore:
         cursor = txn.cursor(db=self.rows_db)
         written = deleted = 0
         for slot in prepared.slots:
-            # Keys arrive sorted: neighbouring puts touch the same leaf pages. putmulti runs its whole loop in one
-            # call: a per-row call (cursor.replace) gives up and re-takes the GIL for every row, which under
-            # ranking load (busy request threads) made a 10k-row delta take ~20x longer. The first pass inserts the
-            # new keys only and counts them (the stored row counts), the second overwrites the existing ones.
-            items = list(zip(slot.keys, slot.values, strict=True))
-            _, added = cursor.putmulti(items, overwrite=False)
-            if added < len(items):
-                cursor.putmulti(items, overwrite=True)
+            # Keys arrive sorted: neighbouring puts touch the same leaf pages. One pass: replace() tells new rows
+            # (None) from overwritten ones, which keeps the stored row counts exact. (putmulti was tried: it needs
+            # two passes to count new rows, and like replace() it gives up the GIL per row, so it was slower; the
+            # GIL contention itself is avoided by writing from the writer process.)
+            added = 0
+            for key, value in zip(slot.keys, slot.values, strict=True):
+                if cursor.replace(key, value) is None:
+                    added += 1
             removed = 0
             if slot.tombstone_keys:
                 present = {key for key, _ in cursor.getmulti(slot.tombstone_keys)}
