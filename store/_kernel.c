@@ -30,6 +30,16 @@ static inline uint64_t mix64(uint64_t x) {
 
 #define BLOCK 16
 
+static inline int64_t find_row(const uint64_t *tk, const int64_t *tr, uint64_t mask, uint64_t id, uint64_t at) {
+    /* Linear probing from `at`: the id's row, or -1 once an empty place ends the run. */
+    for (;;) {
+        int64_t r = tr[at];
+        if (r < 0) return -1;
+        if (tk[at] == id) return r;
+        at = (at + 1) & mask;
+    }
+}
+
 static int check(Py_buffer *b, Py_ssize_t itemsize, const char *what) {
     if (b->len % itemsize != 0) {
         PyErr_Format(PyExc_ValueError, "%s: buffer length is not a multiple of %zd", what, itemsize);
@@ -64,14 +74,7 @@ static PyObject *probe(PyObject *self, PyObject *args) {
             __builtin_prefetch(&tk[start[j]]);
         }
         for (Py_ssize_t j = 0; j < m; j++) {
-            uint64_t id = q[base + j], at = start[j];
-            int64_t found = -1;
-            for (;;) {
-                int64_t r = tr[at];
-                if (r < 0) break;
-                if (tk[at] == id) { found = r; break; }
-                at = (at + 1) & mask;
-            }
+            int64_t found = find_row(tk, tr, mask, q[base + j], start[j]);
             o[base + j] = found;
             misses += found < 0;
         }
@@ -152,14 +155,7 @@ static PyObject *gather(PyObject *self, PyObject *args) {
             __builtin_prefetch(&tk[start[j]]);
         }
         for (Py_ssize_t j = 0; j < m; j++) {
-            uint64_t id = q[base + j], at = start[j];
-            int64_t r = -1;
-            for (;;) {
-                int64_t t = tr[at];
-                if (t < 0) break;
-                if (tk[at] == id) { r = t; break; }
-                at = (at + 1) & mask;
-            }
+            int64_t r = find_row(tk, tr, mask, q[base + j], start[j]);
             if (r >= n_rows) r = -1;
             found[j] = r;
             if (r >= 0) {
