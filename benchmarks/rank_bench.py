@@ -12,10 +12,8 @@ from __future__ import annotations
 import gc
 import importlib.util
 import shutil
-import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
@@ -35,6 +33,7 @@ from benchmarks.redis_peer import RedisServer
 from benchmarks.servers import ServerProcess, baseline_server, liverank_server
 from benchmarks.steplog import StepLog
 from benchmarks.w500 import RequestMaker, W500Tables, make_tables, to_rows
+from benchmarks.workdir import run_dir
 from exporter.archive import archive_bundle
 from exporter.synthetic import build_synthetic_bundle
 from serving.settings import Settings
@@ -119,19 +118,8 @@ def server_settings(settings: RankBenchSettings) -> dict[str, Any]:
     }
 
 
-@contextmanager
-def _run_dir(settings: RankBenchSettings, log: StepLog) -> Iterator[Path]:
-    if settings.workdir is not None:
-        settings.workdir.mkdir(parents=True, exist_ok=True)
-    path = Path(tempfile.mkdtemp(prefix="liverank-rank-bench-", dir=settings.workdir))
-    log("work directory: %s", path)
-    try:
-        yield path
-    finally:
-        if settings.keep:
-            log("kept %s", path)
-        else:
-            shutil.rmtree(path, ignore_errors=True)
+def _run_dir(settings: RankBenchSettings, log: StepLog) -> AbstractContextManager[Path]:
+    return run_dir(settings.workdir, settings.keep, "liverank-rank-bench-", log)
 
 
 def make_bundles(root: Path, settings: RankBenchSettings) -> Bundles:

@@ -6,13 +6,13 @@ import argparse
 import shutil
 import sys
 
-import orjson
 from rich.console import Console
 
 from benchmarks.rank_bench import RankBenchSettings
 from benchmarks.rank_bench import run as run_benchmark
 from benchmarks.rank_report import render_rich
 from benchmarks.steplog import StepLog
+from benchmarks.workdir import write_json
 
 
 def run(args: argparse.Namespace) -> int:
@@ -44,7 +44,6 @@ def run(args: argparse.Namespace) -> int:
     )
     result = run_benchmark(settings, StepLog(quiet=args.quiet))
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY) + b"\n")
+        write_json(args.json, result)
     render_rich(result, Console(width=None if sys.stdout.isatty() else 200))
     return 0

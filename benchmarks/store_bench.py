@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import gc
 import shutil
-import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +29,7 @@ from benchmarks.redis_peer import RedisServer
 from benchmarks.steplog import StepLog
 from benchmarks.store_build import build_store, load_redis
 from benchmarks.targets import evaluate_targets
+from benchmarks.workdir import run_dir
 from benchmarks.workload import Distribution, Popularity, RowSampler, Table, make_table
 from store import Durability, EmbeddingStore
 from store.hash_index import HashIndex, capacity_for, kernel_available
@@ -69,19 +68,8 @@ class StoreBenchSettings:
         return out
 
 
-@contextmanager
-def _run_dir(settings: StoreBenchSettings, log: StepLog) -> Iterator[Path]:
-    if settings.workdir is not None:
-        settings.workdir.mkdir(parents=True, exist_ok=True)
-    path = Path(tempfile.mkdtemp(prefix="liverank-bench-", dir=settings.workdir))
-    log("work directory: %s", path)
-    try:
-        yield path
-    finally:
-        if settings.keep:
-            log("kept %s", path)
-        else:
-            shutil.rmtree(path, ignore_errors=True)
+def _run_dir(settings: StoreBenchSettings, log: StepLog) -> AbstractContextManager[Path]:
+    return run_dir(settings.workdir, settings.keep, "liverank-bench-", log)
 
 
 def run(settings: StoreBenchSettings, log: StepLog) -> dict[str, Any]:

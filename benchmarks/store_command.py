@@ -6,13 +6,13 @@ import argparse
 import shutil
 import sys
 
-import orjson
 from rich.console import Console
 
 from benchmarks.report import render_markdown, render_rich
 from benchmarks.steplog import StepLog
 from benchmarks.store_bench import StoreBenchSettings
 from benchmarks.store_bench import run as run_benchmark
+from benchmarks.workdir import write_json
 
 
 def run(args: argparse.Namespace) -> int:
@@ -45,8 +45,7 @@ def run(args: argparse.Namespace) -> int:
     )
     result = run_benchmark(settings, StepLog(quiet=args.quiet))
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY) + b"\n")
+        write_json(args.json, result)
     if args.markdown is not None:
         args.markdown.parent.mkdir(parents=True, exist_ok=True)
         args.markdown.write_text(render_markdown(result))
