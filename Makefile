@@ -54,4 +54,4 @@ clean:
 loadtest: $(STAMP)
 	@$(BIN)/python -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('locust') is None)" \
 		|| $(PIP_INSTALL) -e '.[dev,bench,loadtest]'
-	$(BIN)/python -m loadtest.run
+	$(BIN)/python -m liverank.loadtest.run

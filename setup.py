@@ -5,7 +5,7 @@ from setuptools import Extension, setup
 setup(
     ext_modules=[
         Extension(
-            "store._kernel",
+            "liverank.store._kernel",
             sources=["store/_kernel.c"],
             extra_compile_args=["-O3", "-std=c11"],
         )

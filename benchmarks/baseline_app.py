@@ -4,7 +4,7 @@ FastAPI with pydantic row models (a request model holding a list of candidate ob
 with one Redis MGET per request (keys ``<slot>:<id>``, values raw float32 bytes), the inputs assembled with numpy,
 the same ``dense.onnx`` run by ONNX Runtime (same session options as liverank), the top-k returned through a
 pydantic response model. A sync endpoint: FastAPI runs it on its thread pool, as it does for liverank's work.
-One uvicorn process, no ``gc.freeze``. Run with ``python -m benchmarks.baseline_app``.
+One uvicorn process, no ``gc.freeze``. Run with ``python -m liverank.benchmarks.baseline_app``.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import uvicorn
 from fastapi import FastAPI, Request
 from pydantic import BaseModel
 
-from store.manifest import MANIFEST_FILE, ONNX_FILE, Manifest, manifest_from_json
+from liverank.store.manifest import MANIFEST_FILE, ONNX_FILE, Manifest, manifest_from_json
 
 FloatArray = np.ndarray[Any, np.dtype[np.float32]]
 
@@ -183,7 +183,7 @@ def create_app(bundle: Path, redis_port: int, onnx_threads: int) -> FastAPI:
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.baseline_app", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m liverank.benchmarks.baseline_app", description=__doc__)
     p.add_argument("--bundle", type=Path, required=True)
     p.add_argument("--redis-port", type=int, required=True)
     p.add_argument("--port", type=int, required=True)

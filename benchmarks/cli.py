@@ -67,7 +67,7 @@ def _add_store_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPa
     p.add_argument("--keep", action="store_true", help="keep the run directory (stores, batches)")
     p.add_argument("--redis-server", default=None, help="redis-server executable (default: from PATH)")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
-    p.set_defaults(command_module="benchmarks.store_command")
+    p.set_defaults(command_module="liverank.benchmarks.store_command")
 
 
 def _add_rank_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -95,7 +95,7 @@ def _add_rank_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
     p.add_argument("--keep", action="store_true", help="keep the run directory (stores, logs, load results)")
     p.add_argument("--redis-server", default=None, help="redis-server executable (default: from PATH)")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
-    p.set_defaults(command_module="benchmarks.rank_command")
+    p.set_defaults(command_module="liverank.benchmarks.rank_command")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -7,9 +7,9 @@ import time
 
 import numpy as np
 
-from benchmarks.w500 import W500Tables
-from benchmarks.workload import RowSampler
-from store.format import SlotDelta, SparseDelta, encode_delta
+from liverank.benchmarks.w500 import W500Tables
+from liverank.benchmarks.workload import RowSampler
+from liverank.store.format import SlotDelta, SparseDelta, encode_delta
 
 PRODUCER = "bench-d10k"
 SHARES: dict[str, float] = {"item_id": 0.7, "author_id": 0.2, "tags": 0.1}

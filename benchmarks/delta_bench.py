@@ -11,10 +11,10 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.stats import Summary
-from benchmarks.steplog import StepLog
-from benchmarks.workload import Popularity, RowSampler, Table, fresh_ids, make_batches
-from store import EmbeddingStore, SlotDelta, SparseDelta, encode_delta
+from liverank.benchmarks.stats import Summary
+from liverank.benchmarks.steplog import StepLog
+from liverank.benchmarks.workload import Popularity, RowSampler, Table, fresh_ids, make_batches
+from liverank.store import EmbeddingStore, SlotDelta, SparseDelta, encode_delta
 
 PRODUCER = "bench-deltas"
 READER_BATCH = 1000

@@ -20,8 +20,8 @@ from typing import IO, Any
 
 import numpy as np
 
-from benchmarks.peers import GETMULTI, LMDB_ONLY, LookupFn, lmdb_getmulti, store_lookup, time_lookups
-from store import EmbeddingStore
+from liverank.benchmarks.peers import GETMULTI, LMDB_ONLY, LookupFn, lmdb_getmulti, store_lookup, time_lookups
+from liverank.store import EmbeddingStore
 
 
 class _Server:
@@ -92,7 +92,7 @@ class LmdbWorker:
 
     def __enter__(self) -> LmdbWorker:
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "benchmarks.lmdb_worker"],
+            [sys.executable, "-m", "liverank.benchmarks.lmdb_worker"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,

@@ -1,6 +1,7 @@
 """A closed-loop load generator: N clients, each sending its next request as soon as the previous one is answered.
 
-It runs in its own process (``python -m benchmarks.load``), so its event loop does not share the server's GIL. On a
+It runs in its own process (``python -m liverank.benchmarks.load``), so its event loop does not share the server's
+GIL. On a
 2-core machine it still shares the CPU with the server: the result records the client's own CPU use, so a reader
 can see how much of the machine the client took. ``LoadProcess`` starts it from the benchmark and reads its result.
 
@@ -26,7 +27,7 @@ import httpx
 import numpy as np
 import orjson
 
-from benchmarks.http_client import HttpConnection, HttpError, encode_post
+from liverank.benchmarks.http_client import HttpConnection, HttpError, encode_post
 
 ClientKind = Literal["raw", "httpx"]
 _MAX_FAILURES_KEPT = 200
@@ -48,7 +49,7 @@ class LoadSpec:
     timeout_s: float = 30.0
 
     def argv(self, out: Path) -> list[str]:
-        args = [sys.executable, "-m", "benchmarks.load", "--host", self.host, "--port", str(self.port)]
+        args = [sys.executable, "-m", "liverank.benchmarks.load", "--host", self.host, "--port", str(self.port)]
         args += ["--path", self.path, "--bodies", str(self.bodies), "--concurrency", str(self.concurrency)]
         args += ["--duration-s", str(self.duration_s), "--warmup-s", str(self.warmup_s), "--client", self.client]
         args += ["--timeout-s", str(self.timeout_s), "--out", str(out)]
@@ -233,7 +234,9 @@ def write_bodies(path: Path, bodies: list[bytes]) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.load", description="Closed-loop HTTP load generator.")
+    p = argparse.ArgumentParser(
+        prog="python -m liverank.benchmarks.load", description="Closed-loop HTTP load generator."
+    )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--path", required=True)

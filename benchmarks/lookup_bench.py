@@ -11,11 +11,22 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.lmdb_worker import LmdbWorker
-from benchmarks.peers import ALL_PEERS, DICT, GETMULTI, HOT, KERNEL, LMDB_ONLY, NUMPY, REDIS, LookupFn, time_lookups
-from benchmarks.stats import Summary
-from benchmarks.steplog import StepLog
-from benchmarks.workload import BatchSet, Distribution, Popularity, RowSampler, Table, make_batches
+from liverank.benchmarks.lmdb_worker import LmdbWorker
+from liverank.benchmarks.peers import (
+    ALL_PEERS,
+    DICT,
+    GETMULTI,
+    HOT,
+    KERNEL,
+    LMDB_ONLY,
+    NUMPY,
+    REDIS,
+    LookupFn,
+    time_lookups,
+)
+from liverank.benchmarks.stats import Summary
+from liverank.benchmarks.steplog import StepLog
+from liverank.benchmarks.workload import BatchSet, Distribution, Popularity, RowSampler, Table, make_batches
 
 # (numerator peer, denominator peer): how many times slower the numerator is.
 RATIOS: tuple[tuple[str, str], ...] = (

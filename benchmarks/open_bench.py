@@ -7,8 +7,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.workload import IntIds
-from store import Durability, EmbeddingStore
+from liverank.benchmarks.workload import IntIds
+from liverank.store import Durability, EmbeddingStore
 
 
 def open_and_first_lookup(

@@ -14,10 +14,10 @@ from typing import Any
 import numpy as np
 import redis
 
-from benchmarks.workload import IntIds, Vectors
-from store import EmbeddingStore
-from store.format import encode_int_keys, value_dtype
-from store.hash_index import HashIndex, probe_numpy
+from liverank.benchmarks.workload import IntIds, Vectors
+from liverank.store import EmbeddingStore
+from liverank.store.format import encode_int_keys, value_dtype
+from liverank.store.hash_index import HashIndex, probe_numpy
 
 LookupFn = Callable[[IntIds], Vectors]
 

@@ -22,22 +22,22 @@ from typing import Any
 import httpx
 import orjson
 
-from benchmarks.d10k import DeltaStream
-from benchmarks.load import ClientKind, LoadSpec, write_bodies
-from benchmarks.machine import machine_info
-from benchmarks.rank_fill import fill_stores
-from benchmarks.rank_live import LiveSetup, deltas_under_load, swaps_under_load
-from benchmarks.rank_points import rank_points
-from benchmarks.rank_targets import evaluate_targets
-from benchmarks.redis_peer import RedisServer
-from benchmarks.servers import ServerProcess, baseline_server, liverank_server
-from benchmarks.steplog import StepLog
-from benchmarks.w500 import RequestMaker, W500Tables, make_tables, to_rows
-from benchmarks.workdir import run_dir
-from exporter.archive import archive_bundle
-from exporter.synthetic import build_synthetic_bundle
-from serving.settings import Settings
-from store.manifest import Manifest
+from liverank.benchmarks.d10k import DeltaStream
+from liverank.benchmarks.load import ClientKind, LoadSpec, write_bodies
+from liverank.benchmarks.machine import machine_info
+from liverank.benchmarks.rank_fill import fill_stores
+from liverank.benchmarks.rank_live import LiveSetup, deltas_under_load, swaps_under_load
+from liverank.benchmarks.rank_points import rank_points
+from liverank.benchmarks.rank_targets import evaluate_targets
+from liverank.benchmarks.redis_peer import RedisServer
+from liverank.benchmarks.servers import ServerProcess, baseline_server, liverank_server
+from liverank.benchmarks.steplog import StepLog
+from liverank.benchmarks.w500 import RequestMaker, W500Tables, make_tables, to_rows
+from liverank.benchmarks.workdir import run_dir
+from liverank.exporter.archive import archive_bundle
+from liverank.exporter.synthetic import build_synthetic_bundle
+from liverank.serving.settings import Settings
+from liverank.store.manifest import Manifest
 
 RESULT_SCHEMA = 1
 ADMIN_TOKEN = "bench-admin-token"
@@ -107,7 +107,7 @@ def server_settings(settings: RankBenchSettings) -> dict[str, Any]:
             "uvicorn_extras_installed": fast_http,
         },
         "baseline": {
-            "command": "python -m benchmarks.baseline_app (one uvicorn process)",
+            "command": "python -m liverank.benchmarks.baseline_app (one uvicorn process)",
             "workers": 1,
             "onnx_threads": settings.onnx_threads,
             "gc_freeze": False,

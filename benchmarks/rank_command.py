@@ -8,11 +8,11 @@ import sys
 
 from rich.console import Console
 
-from benchmarks.rank_bench import RankBenchSettings
-from benchmarks.rank_bench import run as run_benchmark
-from benchmarks.rank_report import render_rich
-from benchmarks.steplog import StepLog
-from benchmarks.workdir import write_json
+from liverank.benchmarks.rank_bench import RankBenchSettings
+from liverank.benchmarks.rank_bench import run as run_benchmark
+from liverank.benchmarks.rank_report import render_rich
+from liverank.benchmarks.steplog import StepLog
+from liverank.benchmarks.workdir import write_json
 
 
 def run(args: argparse.Namespace) -> int:

@@ -13,12 +13,12 @@ from typing import Any
 
 import redis
 
-from benchmarks.redis_peer import load_rows
-from benchmarks.steplog import StepLog
-from benchmarks.w500 import W500Tables, fill_deltas
-from store import EmbeddingStore
-from store.format import IntIds
-from store.manifest import Manifest
+from liverank.benchmarks.redis_peer import load_rows
+from liverank.benchmarks.steplog import StepLog
+from liverank.benchmarks.w500 import W500Tables, fill_deltas
+from liverank.store import EmbeddingStore
+from liverank.store.format import IntIds
+from liverank.store.manifest import Manifest
 
 FILL_PRODUCER = "bench-fill"
 MAP_SIZE_BYTES = 64 * 1024**3  # the server's default, so the server reopens the map at the size it was made

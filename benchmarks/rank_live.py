@@ -20,10 +20,10 @@ from typing import Any
 import httpx
 import numpy as np
 
-from benchmarks.d10k import DeltaStream
-from benchmarks.load import ClientKind, LoadProcess, LoadSpec
-from benchmarks.stats import Summary
-from benchmarks.steplog import StepLog
+from liverank.benchmarks.d10k import DeltaStream
+from liverank.benchmarks.load import ClientKind, LoadProcess, LoadSpec
+from liverank.benchmarks.stats import Summary
+from liverank.benchmarks.steplog import StepLog
 
 _SWAP_AROUND_S = 0.5  # latency around a swap: requests started from this long before it until this long after
 

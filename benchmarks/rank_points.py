@@ -9,14 +9,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from benchmarks.load import LoadSpec, run_load
-from benchmarks.redis_peer import RedisServer
-from benchmarks.servers import ServerProcess, machine_busy_s
-from benchmarks.stats import Summary
-from benchmarks.steplog import StepLog
+from liverank.benchmarks.load import LoadSpec, run_load
+from liverank.benchmarks.redis_peer import RedisServer
+from liverank.benchmarks.servers import ServerProcess, machine_busy_s
+from liverank.benchmarks.stats import Summary
+from liverank.benchmarks.steplog import StepLog
 
 if TYPE_CHECKING:
-    from benchmarks.rank_bench import RankBenchSettings
+    from liverank.benchmarks.rank_bench import RankBenchSettings
 
 SERVERS: tuple[str, ...] = ("liverank", "baseline")
 

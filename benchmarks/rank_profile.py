@@ -6,7 +6,7 @@ does (RAM tier warm-up, bundle, ranker), then runs requests through the same ste
 assembly, ONNX, blend + top-k, answer building, response JSON. The stages call the serving functions themselves;
 their sum is checked against timing ``rank_json`` whole. A cProfile listing of ``rank_json`` follows.
 
-Run: ``python -m benchmarks.rank_profile --size 1M [--json PATH]``.
+Run: ``python -m liverank.benchmarks.rank_profile --size 1M [--json PATH]``.
 """
 
 from __future__ import annotations
@@ -27,15 +27,24 @@ from typing import Any
 import numpy as np
 import orjson
 
-from benchmarks.rank_fill import fill_stores
-from benchmarks.steplog import StepLog
-from benchmarks.w500 import RequestMaker, make_tables
-from exporter.synthetic import build_synthetic_bundle
-from serving.api.routes_rank import rank_json
-from serving.ranker import RankedItem, RankResult, _ages, _assemble, _id_at, _item_id_column, _plan_lookups, _top_k
-from serving.request import parse_rank_request
-from serving.services import Services
-from serving.settings import Settings
+from liverank.benchmarks.rank_fill import fill_stores
+from liverank.benchmarks.steplog import StepLog
+from liverank.benchmarks.w500 import RequestMaker, make_tables
+from liverank.exporter.synthetic import build_synthetic_bundle
+from liverank.serving.api.routes_rank import rank_json
+from liverank.serving.ranker import (
+    RankedItem,
+    RankResult,
+    _ages,
+    _assemble,
+    _id_at,
+    _item_id_column,
+    _plan_lookups,
+    _top_k,
+)
+from liverank.serving.request import parse_rank_request
+from liverank.serving.services import Services
+from liverank.serving.settings import Settings
 
 STAGES = ("json_decode", "parse", "plan", "lookup", "assemble", "onnx", "blend_topk", "answer", "json_encode")
 
@@ -137,7 +146,7 @@ def profile(services: Services, bodies: list[bytes], rounds: int) -> dict[str, A
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.rank_profile", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m liverank.benchmarks.rank_profile", description=__doc__)
     p.add_argument("--size", type=int, default=1_000_000, help="rows of the largest slots")
     p.add_argument("--dim", type=int, default=32)
     p.add_argument("--rounds", type=int, default=300)

@@ -7,7 +7,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks.rank_targets import evaluate_targets
+from liverank.benchmarks.rank_targets import evaluate_targets
 
 
 def _num(value: float | None) -> str:

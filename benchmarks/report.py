@@ -8,8 +8,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table as RichTable
 
-from benchmarks.lookup_bench import RATIOS
-from benchmarks.peers import ALL_PEERS
+from liverank.benchmarks.lookup_bench import RATIOS
+from liverank.benchmarks.peers import ALL_PEERS
 
 _LABELS = {p.name: p.label for p in ALL_PEERS}
 _SHORT = {

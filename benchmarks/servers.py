@@ -16,7 +16,7 @@ from types import TracebackType
 
 import httpx
 
-from benchmarks.redis_peer import free_port
+from liverank.benchmarks.redis_peer import free_port
 
 _REPO = Path(__file__).resolve().parent.parent
 _STOP_GRACE_S = 30.0
@@ -117,6 +117,14 @@ def liverank_server(data_dir: Path, bundle: Path, token: str, onnx_threads: int,
 def baseline_server(bundle: Path, redis_port: int, onnx_threads: int, log_dir: Path) -> ServerProcess:
     """The baseline app (FastAPI + Redis MGET + ORT + pydantic), one uvicorn process."""
     port = free_port()
-    argv = [sys.executable, "-m", "benchmarks.baseline_app", "--bundle", str(bundle), "--redis-port", str(redis_port)]
+    argv = [
+        sys.executable,
+        "-m",
+        "liverank.benchmarks.baseline_app",
+        "--bundle",
+        str(bundle),
+        "--redis-port",
+        str(redis_port),
+    ]
     argv += ["--port", str(port), "--onnx-threads", str(onnx_threads)]
     return ServerProcess("baseline", argv, port, "/healthz", log_dir / "baseline.log", dict(os.environ))

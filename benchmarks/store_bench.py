@@ -18,21 +18,31 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.delta_bench import DeltaMaker, run_deltas
-from benchmarks.lmdb_worker import LmdbWorker
-from benchmarks.lookup_bench import PeerSet, run_idle_lookups, run_lookups
-from benchmarks.machine import SystemLoad, machine_info
-from benchmarks.open_bench import StoreHandle
-from benchmarks.peers import DICT, HOT, KERNEL, NUMPY, REDIS, dict_gather, kernel_probe, numpy_probe, redis_mget
-from benchmarks.peers import store_lookup as store_lookup_fn
-from benchmarks.redis_peer import RedisServer
-from benchmarks.steplog import StepLog
-from benchmarks.store_build import build_store, load_redis
-from benchmarks.targets import evaluate_targets
-from benchmarks.workdir import run_dir
-from benchmarks.workload import Distribution, Popularity, RowSampler, Table, make_table
-from store import Durability, EmbeddingStore
-from store.hash_index import HashIndex, capacity_for, kernel_available
+from liverank.benchmarks.delta_bench import DeltaMaker, run_deltas
+from liverank.benchmarks.lmdb_worker import LmdbWorker
+from liverank.benchmarks.lookup_bench import PeerSet, run_idle_lookups, run_lookups
+from liverank.benchmarks.machine import SystemLoad, machine_info
+from liverank.benchmarks.open_bench import StoreHandle
+from liverank.benchmarks.peers import (
+    DICT,
+    HOT,
+    KERNEL,
+    NUMPY,
+    REDIS,
+    dict_gather,
+    kernel_probe,
+    numpy_probe,
+    redis_mget,
+)
+from liverank.benchmarks.peers import store_lookup as store_lookup_fn
+from liverank.benchmarks.redis_peer import RedisServer
+from liverank.benchmarks.steplog import StepLog
+from liverank.benchmarks.store_build import build_store, load_redis
+from liverank.benchmarks.targets import evaluate_targets
+from liverank.benchmarks.workdir import run_dir
+from liverank.benchmarks.workload import Distribution, Popularity, RowSampler, Table, make_table
+from liverank.store import Durability, EmbeddingStore
+from liverank.store.hash_index import HashIndex, capacity_for, kernel_available
 
 SLOT = "item"
 DURABILITIES: tuple[Durability, ...] = ("process", "power")

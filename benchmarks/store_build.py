@@ -9,11 +9,11 @@ from typing import Any
 import numpy as np
 import redis
 
-from benchmarks.redis_peer import load_rows
-from benchmarks.steplog import StepLog
-from benchmarks.workload import Table
-from store import EmbeddingStore, SlotConfig, SlotDelta, SparseDelta
-from store.format import encode_int_keys, encode_values
+from liverank.benchmarks.redis_peer import load_rows
+from liverank.benchmarks.steplog import StepLog
+from liverank.benchmarks.workload import Table
+from liverank.store import EmbeddingStore, SlotConfig, SlotDelta, SparseDelta
+from liverank.store.format import encode_int_keys, encode_values
 
 BUILD_PRODUCER = "bench-build"
 _REDIS_CHUNK_ROWS = 100_000

@@ -8,11 +8,11 @@ import sys
 
 from rich.console import Console
 
-from benchmarks.report import render_markdown, render_rich
-from benchmarks.steplog import StepLog
-from benchmarks.store_bench import StoreBenchSettings
-from benchmarks.store_bench import run as run_benchmark
-from benchmarks.workdir import write_json
+from liverank.benchmarks.report import render_markdown, render_rich
+from liverank.benchmarks.steplog import StepLog
+from liverank.benchmarks.store_bench import StoreBenchSettings
+from liverank.benchmarks.store_bench import run as run_benchmark
+from liverank.benchmarks.workdir import write_json
 
 
 def run(args: argparse.Namespace) -> int:

@@ -6,7 +6,7 @@ import statistics
 from dataclasses import dataclass
 from typing import Any
 
-from benchmarks.peers import HOT, REDIS
+from liverank.benchmarks.peers import HOT, REDIS
 
 SIZE_1M = 1_000_000
 SIZE_10M = 10_000_000

@@ -3,7 +3,7 @@
 Ids are 63-bit and scattered: ordinal ``i`` of a slot maps to ``i * odd mod 2**63`` (a bijection, so ids past a
 slot's cardinality are new ids that never collide with stored ones, and every id fits a signed 64-bit integer as
 real ids do). Each slot's ids are kept in ascending order, which is also LMDB key order, so filling a store in that
-order appends. Zipf popularity is decoupled from position (``benchmarks.workload.Popularity``).
+order appends. Zipf popularity is decoupled from position (``liverank.benchmarks.workload.Popularity``).
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.workload import IntIds, Popularity, RowSampler, Vectors
-from store.format import SlotDelta, SparseDelta
-from store.manifest import Manifest
+from liverank.benchmarks.workload import IntIds, Popularity, RowSampler, Vectors
+from liverank.store.format import SlotDelta, SparseDelta
+from liverank.store.manifest import Manifest
 
 # Slot cardinalities; None: the largest slots, sized by the benchmark (1M or 10M).
 CARDINALITY: dict[str, int | None] = {

@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from benchmarks.steplog import StepLog
+from liverank.benchmarks.steplog import StepLog
 
 
 @contextmanager

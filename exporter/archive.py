@@ -15,7 +15,7 @@ from pathlib import Path
 
 import orjson
 
-from store.manifest import MANIFEST_FILE, ONNX_FILE, Manifest, manifest_from_json, manifest_to_json
+from liverank.store.manifest import MANIFEST_FILE, ONNX_FILE, Manifest, manifest_from_json, manifest_to_json
 
 logger = logging.getLogger(__name__)
 

@@ -10,10 +10,10 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
-from exporter.archive import archive_bundle
-from exporter.synthetic import PRESETS, build_synthetic_bundle
-from store.errors import StoreError
-from store.slots import MAX_DIM
+from liverank.exporter.archive import archive_bundle
+from liverank.exporter.synthetic import PRESETS, build_synthetic_bundle
+from liverank.store.errors import StoreError
+from liverank.store.slots import MAX_DIM
 
 
 class _UsageError(Exception):

@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from store.format import SlotDelta, SparseDelta
-from store.manifest import Manifest
+from liverank.store.format import SlotDelta, SparseDelta
+from liverank.store.manifest import Manifest
 
 Array = np.ndarray[Any, np.dtype[Any]]
 SlotRows = tuple[Array, Array, Array]  # ids (uint64), values (n, dim), updated_at_ms (int64)

@@ -19,8 +19,8 @@ import onnx
 import torch
 from onnx.reference import ReferenceEvaluator
 
-from exporter.archive import write_bundle
-from store.manifest import Manifest
+from liverank.exporter.archive import write_bundle
+from liverank.store.manifest import Manifest
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ from typing import Any
 
 import httpx
 
-from exporter.archive import archive_bundle
-from store.format import SparseDelta, encode_delta
+from liverank.exporter.archive import archive_bundle
+from liverank.store.format import SparseDelta, encode_delta
 
 log = logging.getLogger(__name__)
 

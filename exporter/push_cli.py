@@ -14,9 +14,9 @@ import os
 import sys
 from pathlib import Path
 
-from exporter.push import PushClient, PushError
-from store.errors import StoreError
-from store.format import decode_any
+from liverank.exporter.push import PushClient, PushError
+from liverank.store.errors import StoreError
+from liverank.store.format import decode_any
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -18,9 +18,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from exporter.archive import write_bundle
-from store.manifest import Feature, Head, Manifest, build_manifest
-from store.slots import SlotConfig
+from liverank.exporter.archive import write_bundle
+from liverank.store.manifest import Feature, Head, Manifest, build_manifest
+from liverank.store.slots import SlotConfig
 
 logger = logging.getLogger(__name__)
 

@@ -11,12 +11,15 @@ import importlib
 import sys
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "serve": ("serving.cli", "run the ranking server"),
-    "bench": ("benchmarks.cli", "run a benchmark (store, rank) and write JSON results"),
-    "export": ("exporter.cli", "build bundles and deltas (e.g. a synthetic bundle, no torch needed)"),
-    "push": ("exporter.push_cli", "push delta files or a bundle to a running server"),
-    "demo": ("trainer.demo", "the live loop: a learning model served fresh vs frozen, with a dashboard"),
-    "replay": ("trainer.replay", "replay a data set in time order through live servers (Monolith's sync experiment)"),
+    "serve": ("liverank.serving.cli", "run the ranking server"),
+    "bench": ("liverank.benchmarks.cli", "run a benchmark (store, rank) and write JSON results"),
+    "export": ("liverank.exporter.cli", "build bundles and deltas (e.g. a synthetic bundle, no torch needed)"),
+    "push": ("liverank.exporter.push_cli", "push delta files or a bundle to a running server"),
+    "demo": ("liverank.trainer.demo", "the live loop: a learning model served fresh vs frozen, with a dashboard"),
+    "replay": (
+        "liverank.trainer.replay",
+        "replay a data set in time order through live servers (Monolith's sync experiment)",
+    ),
 }
 
 

@@ -4,7 +4,8 @@
     LIVERANK_ADMIN_TOKEN=... LIVERANK_BUNDLE_ARCHIVE=v2.tar.gz \\
         locust -f loadtest/locustfile.py --headless -u 6 -r 6 -t 60s --host http://127.0.0.1:8000
 
-- ``RankingUser``: W-500-style requests (``loadtest.payloads``) built from GET /v1/model; every answer is checked
+- ``RankingUser``: W-500-style requests (``liverank.loadtest.payloads``) built from GET /v1/model; every answer is
+  checked
   (200, k items, scores descending, an epoch with dense_version and sparse_seq). Stats name: ``/v1/rank``.
 - ``DeltaUser`` (one, needs the admin token): a JSON delta every ``LIVERANK_DELTA_INTERVAL_S`` with its own
   producer and increasing seq, then probes a marker row until the answer's ``epoch.sparse_seq[producer]`` reaches
@@ -18,7 +19,7 @@ Settings (environment): ``LIVERANK_CANDIDATES`` (500), ``LIVERANK_K`` (50), ``LI
 (1), ``LIVERANK_PRODUCER`` (default: a fresh ``loadtest-<hex>`` per delta user), ``LIVERANK_VISIBLE_TIMEOUT_S`` (30),
 ``LIVERANK_PROBE_INTERVAL_S`` (0.01), ``LIVERANK_ADMIN_TOKEN``, ``LIVERANK_BUNDLE_ARCHIVE`` (paths joined by
 ``os.pathsep``), ``LIVERANK_SWAP_INTERVAL_S`` (60), ``LIVERANK_SHAPE`` (``step``, ``spike``, ``all``; see
-``loadtest.shapes``), ``LIVERANK_TIMELINE_JSON`` (write every request's time and latency there at exit).
+``liverank.loadtest.shapes``), ``LIVERANK_TIMELINE_JSON`` (write every request's time and latency there at exit).
 """
 
 from __future__ import annotations
@@ -37,8 +38,8 @@ from locust import FastHttpUser, constant, constant_pacing, constant_throughput,
 from locust.contrib.fasthttp import ResponseContextManager
 from locust.env import Environment
 
-from loadtest import shapes
-from loadtest.payloads import (
+from liverank.loadtest import shapes
+from liverank.loadtest.payloads import (
     DEFAULT_CANDIDATES,
     DEFAULT_K,
     DeltaFactory,

@@ -1,4 +1,4 @@
-"""``make loadtest`` (``python -m loadtest.run``): a headless locust run against a liverank server.
+"""``make loadtest`` (``python -m liverank.loadtest.run``): a headless locust run against a liverank server.
 
 Without ``HOST`` it starts a server of its own: a fresh temporary data dir, two synthetic W-500 bundles of one
 schema made by ``liverank export synthetic`` (version 1 goes live at start; archives of versions 2 and 1 are what
@@ -261,7 +261,7 @@ def verdict(locust_code: int, result: dict[str, Any], *, expect_deltas: bool) ->
 
 def _parser() -> argparse.ArgumentParser:
     env = os.environ.get
-    p = argparse.ArgumentParser(prog="python -m loadtest.run", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m liverank.loadtest.run", description=__doc__.split("\n\n")[0])
     p.add_argument("--duration", type=int, default=int(env("DURATION") or 30), help="seconds (DURATION, 30)")
     p.add_argument("--users", type=int, default=int(env("USERS") or 3), help="ranking users (USERS, 3)")
     p.add_argument("--spawn-rate", type=float, default=float(env("SPAWN_RATE") or 0) or None, help="SPAWN_RATE")

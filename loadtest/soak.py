@@ -1,7 +1,7 @@
-"""``python -m loadtest.soak``: ten minutes of ranking at about 70 % of the measured maximum throughput, with a
+"""``python -m liverank.loadtest.soak``: ten minutes of ranking at about 70 % of the measured maximum throughput, with a
 delta every second and a bundle swap every minute, against a server it starts itself. Not part of CI.
 
-1. Start a server (``loadtest.run.LocalServer``: temp data dir, synthetic W-500 bundles, random token).
+1. Start a server (``liverank.loadtest.run.LocalServer``: temp data dir, synthetic W-500 bundles, random token).
 2. Unless ``--rps`` is given, find the maximum: a short step ramp of ranking users only (``StepShape``); the
    maximum is the best per-step throughput of successful /v1/rank answers (each step's first 3 s left out).
 3. Soak: ``--users`` ranking users at ``--fraction`` of that rate in total (``constant_throughput``), one delta user
@@ -24,8 +24,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from loadtest.payloads import percentile
-from loadtest.run import LocalServer, RunConfig, locust_command, locust_run, results_folder, summary
+from liverank.loadtest.payloads import percentile
+from liverank.loadtest.run import LocalServer, RunConfig, locust_command, locust_run, results_folder, summary
 
 Sample = tuple[float, str, str, float, bool]  # end time s, type, name, response time ms, failed
 RANK = ("POST", "/v1/rank")
@@ -168,7 +168,7 @@ def markdown(report: dict[str, Any]) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m loadtest.soak", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m liverank.loadtest.soak", description=__doc__.split("\n\n")[0])
     p.add_argument("--duration-s", type=int, default=600, help="soak length (600)")
     p.add_argument("--rps", type=float, help="maximum rank/s to take 70 %% of (default: measure with a ramp)")
     p.add_argument("--fraction", type=float, default=0.7, help="share of the maximum to soak at (0.7)")

@@ -21,12 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from serving.bundle import Bundle, extract_bundle_archive, load_bundle_dir
-from serving.errors import BundleIncompatible, BundleInvalid, NoPreviousBundle
-from serving.memory import release_free_memory_soon
-from serving.model_slot import LiveModel, ModelSlot
-from serving.runner import OnnxRunner
-from store import EmbeddingStore
+from liverank.serving.bundle import Bundle, extract_bundle_archive, load_bundle_dir
+from liverank.serving.errors import BundleIncompatible, BundleInvalid, NoPreviousBundle
+from liverank.serving.memory import release_free_memory_soon
+from liverank.serving.model_slot import LiveModel, ModelSlot
+from liverank.serving.runner import OnnxRunner
+from liverank.store import EmbeddingStore
 
 log = logging.getLogger(__name__)
 

@@ -15,11 +15,11 @@ from pathlib import Path
 import uvicorn
 from pydantic import ValidationError
 
-from serving.api.app import create_app
-from serving.errors import ServingError
-from serving.services import Services, check_settings
-from serving.settings import Settings
-from store import StoreError
+from liverank.serving.api.app import create_app
+from liverank.serving.errors import ServingError
+from liverank.serving.services import Services, check_settings
+from liverank.serving.settings import Settings
+from liverank.store import StoreError
 
 log = logging.getLogger("liverank.serve")
 

@@ -12,10 +12,10 @@ import threading
 import time
 from typing import Any
 
-from serving.freshness import Freshness
-from serving.metrics import Metrics
-from serving.writer import STATUS_RECORD, WriterProcess
-from store import EmbeddingStore
+from liverank.serving.freshness import Freshness
+from liverank.serving.metrics import Metrics
+from liverank.serving.writer import STATUS_RECORD, WriterProcess
+from liverank.store import EmbeddingStore
 
 log = logging.getLogger(__name__)
 

@@ -9,8 +9,8 @@ import time
 
 import numpy as np
 
-from serving.metrics import Metrics
-from store import EmbeddingStore
+from liverank.serving.metrics import Metrics
+from liverank.store import EmbeddingStore
 
 
 class Freshness:

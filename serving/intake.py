@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import threading
 
-from serving.follower import Follower
-from serving.metrics import Metrics
-from serving.updater import Updater
-from store import EmbeddingStore, EnqueueResult, Inbox, StoreError, StoreFull, decode_any, encode_delta
-from store.format import is_binary_delta
+from liverank.serving.follower import Follower
+from liverank.serving.metrics import Metrics
+from liverank.serving.updater import Updater
+from liverank.store import EmbeddingStore, EnqueueResult, Inbox, StoreError, StoreFull, decode_any, encode_delta
+from liverank.store.format import is_binary_delta
 
 # A delta takes its bytes once in the inbox, then about three times once applied (rows with B-tree overhead, and the
 # changelog entry). Room is asked for that much, for every queued delta too, plus this slack for page rounding.

@@ -9,10 +9,10 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
-from serving.bundle import Bundle
-from serving.errors import NoBundle
-from serving.runner import OnnxRunner
-from store.manifest import Manifest
+from liverank.serving.bundle import Bundle
+from liverank.serving.errors import NoBundle
+from liverank.serving.runner import OnnxRunner
+from liverank.store.manifest import Manifest
 
 
 @dataclass(frozen=True)

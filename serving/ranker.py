@@ -12,10 +12,10 @@ from typing import Any
 
 import numpy as np
 
-from serving.model_slot import LiveModel, ModelSlot
-from serving.request import Column, Limits, RankRequest, parse_rank_request
-from store import EmbeddingStore, Lookup
-from store.manifest import Manifest
+from liverank.serving.model_slot import LiveModel, ModelSlot
+from liverank.serving.request import Column, Limits, RankRequest, parse_rank_request
+from liverank.store import EmbeddingStore, Lookup
+from liverank.store.manifest import Manifest
 
 FloatArray = np.ndarray[Any, np.dtype[np.float32]]
 

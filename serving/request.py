@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from serving.errors import (
+from liverank.serving.errors import (
     EmptyCandidates,
     LimitExceeded,
     MissingFeature,
@@ -27,9 +27,9 @@ from serving.errors import (
     UnknownHead,
     WrongType,
 )
-from store.format import IntIds
-from store.manifest import Feature, Manifest
-from store.slots import SlotConfig
+from liverank.store.format import IntIds
+from liverank.store.manifest import Feature, Manifest
+from liverank.store.slots import SlotConfig
 
 Ids = IntIds | tuple[str, ...]
 FloatArray = np.ndarray[Any, np.dtype[np.float32]]

@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from serving.bundle import Bundle
-from serving.errors import BundleInvalid
-from store.manifest import Manifest
+from liverank.serving.bundle import Bundle
+from liverank.serving.errors import BundleInvalid
+from liverank.store.manifest import Manifest
 
 logger = logging.getLogger(__name__)
 

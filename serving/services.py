@@ -11,18 +11,18 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from serving.bundles import BundleManager
-from serving.errors import ConfigInvalid
-from serving.follower import Follower
-from serving.intake import DeltaIntake
-from serving.metrics import Metrics
-from serving.model_slot import ModelSlot
-from serving.ranker import Ranker
-from serving.request import Limits
-from serving.settings import LOOPBACK_HOSTS, Settings
-from serving.updater import Updater
-from serving.writer import WriterConfig, WriterProcess
-from store import EmbeddingStore, Inbox
+from liverank.serving.bundles import BundleManager
+from liverank.serving.errors import ConfigInvalid
+from liverank.serving.follower import Follower
+from liverank.serving.intake import DeltaIntake
+from liverank.serving.metrics import Metrics
+from liverank.serving.model_slot import ModelSlot
+from liverank.serving.ranker import Ranker
+from liverank.serving.request import Limits
+from liverank.serving.settings import LOOPBACK_HOSTS, Settings
+from liverank.serving.updater import Updater
+from liverank.serving.writer import WriterConfig, WriterProcess
+from liverank.store import EmbeddingStore, Inbox
 
 log = logging.getLogger(__name__)
 

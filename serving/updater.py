@@ -14,9 +14,18 @@ import threading
 import time
 from typing import Any
 
-from serving.freshness import Freshness
-from serving.metrics import Metrics
-from store import DeltaError, EmbeddingStore, Inbox, InboxEntry, SchemaMismatch, SequenceGap, StoreError, StoreFull
+from liverank.serving.freshness import Freshness
+from liverank.serving.metrics import Metrics
+from liverank.store import (
+    DeltaError,
+    EmbeddingStore,
+    Inbox,
+    InboxEntry,
+    SchemaMismatch,
+    SequenceGap,
+    StoreError,
+    StoreFull,
+)
 
 log = logging.getLogger(__name__)
 

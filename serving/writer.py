@@ -21,9 +21,9 @@ from dataclasses import asdict, dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
-from serving.metrics import Metrics
-from serving.updater import Updater
-from store import EmbeddingStore, Inbox
+from liverank.serving.metrics import Metrics
+from liverank.serving.updater import Updater
+from liverank.store import EmbeddingStore, Inbox
 
 log = logging.getLogger(__name__)
 

@@ -1,8 +1,8 @@
 """liverank's embedding store: the on-disk contract and the only code that touches LMDB.
 
 The public surface is what this module exports; everything else is private to the package. Exports load lazily
-(PEP 562), so that code needing only the pure codecs (the exporter imports ``store.format`` and
-``store.manifest``) never loads LMDB.
+(PEP 562), so that code needing only the pure codecs (the exporter imports ``liverank.store.format`` and
+``liverank.store.manifest``) never loads LMDB.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from store.embedding_store import EmbeddingStore, Lookup, SlotLookup, StoreStats
-    from store.errors import (
+    from liverank.store.embedding_store import EmbeddingStore, Lookup, SlotLookup, StoreStats
+    from liverank.store.errors import (
         ChecksumMismatch,
         DeltaCorrupt,
         DeltaError,
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
         UnknownSlot,
         UnsupportedFormat,
     )
-    from store.format import (
+    from liverank.store.format import (
         FORMAT_VERSION,
         SlotDelta,
         SparseDelta,
@@ -44,13 +44,13 @@ if TYPE_CHECKING:
         encode_delta,
         hash_str_id,
     )
-    from store.inbox import EnqueueResult, Inbox, InboxEntry, InboxFull
-    from store.lmdb_store import ApplyResult, Durability
-    from store.slots import SlotConfig
+    from liverank.store.inbox import EnqueueResult, Inbox, InboxEntry, InboxFull
+    from liverank.store.lmdb_store import ApplyResult, Durability
+    from liverank.store.slots import SlotConfig
 
 _HOMES = {
-    "store.embedding_store": ("EmbeddingStore", "Lookup", "SlotLookup", "StoreStats"),
-    "store.errors": (
+    "liverank.store.embedding_store": ("EmbeddingStore", "Lookup", "SlotLookup", "StoreStats"),
+    "liverank.store.errors": (
         "ChecksumMismatch",
         "DeltaCorrupt",
         "DeltaError",
@@ -71,7 +71,7 @@ _HOMES = {
         "UnknownSlot",
         "UnsupportedFormat",
     ),
-    "store.format": (
+    "liverank.store.format": (
         "FORMAT_VERSION",
         "SlotDelta",
         "SparseDelta",
@@ -82,9 +82,9 @@ _HOMES = {
         "encode_delta",
         "hash_str_id",
     ),
-    "store.inbox": ("EnqueueResult", "Inbox", "InboxEntry", "InboxFull"),
-    "store.lmdb_store": ("ApplyResult", "Durability"),
-    "store.slots": ("SlotConfig",),
+    "liverank.store.inbox": ("EnqueueResult", "Inbox", "InboxEntry", "InboxFull"),
+    "liverank.store.lmdb_store": ("ApplyResult", "Durability"),
+    "liverank.store.slots": ("SlotConfig",),
 }
 _WHERE = {name: module for module, names in _HOMES.items() for name in names}
 

@@ -22,8 +22,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from store.errors import IdOutOfRange, UnknownSlot
-from store.format import (
+from liverank.store.errors import IdOutOfRange, UnknownSlot
+from liverank.store.format import (
     Array,
     Ids,
     IntIds,
@@ -36,10 +36,10 @@ from store.format import (
     slot_key_prefix,
     value_dtype,
 )
-from store.lmdb_store import DEFAULT_MAP_SIZE_BYTES, ApplyResult, Durability, LmdbStore, Txn
-from store.ram_tier import DELETED_MS, RamTier, TierRead
-from store.slots import SlotConfig
-from store.validation import PreparedDelta, prepare_delta
+from liverank.store.lmdb_store import DEFAULT_MAP_SIZE_BYTES, ApplyResult, Durability, LmdbStore, Txn
+from liverank.store.ram_tier import DELETED_MS, RamTier, TierRead
+from liverank.store.slots import SlotConfig
+from liverank.store.validation import PreparedDelta, prepare_delta
 
 log = logging.getLogger(__name__)
 

@@ -55,7 +55,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from store.errors import ChecksumMismatch, DeltaCorrupt, IdOutOfRange, UnsupportedFormat
+from liverank.store.errors import ChecksumMismatch, DeltaCorrupt, IdOutOfRange, UnsupportedFormat
 
 FORMAT_VERSION = 1
 MAGIC = b"LRDL"

@@ -3,7 +3,7 @@
 Every full id is stored and compared exactly: the hash only chooses where probing starts, so two ids never share
 a row. Capacity is a power of two and the load factor stays at or under 1/2.
 
-The compiled kernel (``store._kernel``, built at install) does the probing; ``probe_numpy`` is the vectorised
+The compiled kernel (``liverank.store._kernel``, built at install) does the probing; ``probe_numpy`` is the vectorised
 reference implementation, used when the kernel is absent and by the tests to check the kernel.
 """
 
@@ -14,18 +14,18 @@ from typing import Any
 
 import numpy as np
 
-from store.format import IntIds
+from liverank.store.format import IntIds
 
 log = logging.getLogger(__name__)
 
 _kernel: Any
 try:
-    from store import _kernel as _compiled
+    from liverank.store import _kernel as _compiled
 
     _kernel = _compiled
 except ImportError:  # pragma: no cover - the kernel is built by every install; this is a degraded fallback
     _kernel = None
-    log.warning("store._kernel is not built: the RAM tier falls back to numpy probing (several times slower)")
+    log.warning("liverank.store._kernel is not built: the RAM tier falls back to numpy probing (several times slower)")
 
 Rows = np.ndarray[Any, np.dtype[np.int64]]
 MIN_CAPACITY = 1024

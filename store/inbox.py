@@ -15,9 +15,9 @@ from typing import Literal
 
 import lmdb
 
-from store.errors import SequenceGap, StoreError, StoreFull
-from store.format import SparseDelta, decode_delta, encode_delta
-from store.lmdb_store import LmdbStore, Txn
+from liverank.store.errors import SequenceGap, StoreError, StoreFull
+from liverank.store.format import SparseDelta, decode_delta, encode_delta
+from liverank.store.lmdb_store import LmdbStore, Txn
 
 _SEQ = struct.Struct(">Q")
 _TIME = struct.Struct("<q")

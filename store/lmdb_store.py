@@ -26,9 +26,9 @@ from typing import Any, Literal
 import lmdb
 import orjson
 
-from store.errors import NotAStore, SequenceGap, SlotConflict, StoreAlreadyOpen, StoreClosed, StoreFull
-from store.slots import SlotConfig
-from store.validation import PreparedDelta
+from liverank.store.errors import NotAStore, SequenceGap, SlotConflict, StoreAlreadyOpen, StoreClosed, StoreFull
+from liverank.store.slots import SlotConfig
+from liverank.store.validation import PreparedDelta
 
 log = logging.getLogger(__name__)
 

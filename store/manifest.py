@@ -33,8 +33,8 @@ from typing import Any, Literal, get_args
 
 import orjson
 
-from store.errors import ManifestInvalid, SlotConflict, UnknownSlot
-from store.slots import SlotConfig
+from liverank.store.errors import ManifestInvalid, SlotConflict, UnknownSlot
+from liverank.store.slots import SlotConfig
 
 # A bundle directory holds exactly these two files.
 MANIFEST_FILE = "manifest.json"

@@ -18,10 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from store.format import Array, IntIds
-from store.hash_index import HashIndex, Rows, capacity_for
-from store.slots import SlotConfig
-from store.validation import PreparedDelta, PreparedSlot
+from liverank.store.format import Array, IntIds
+from liverank.store.hash_index import HashIndex, Rows, capacity_for
+from liverank.store.slots import SlotConfig
+from liverank.store.validation import PreparedDelta, PreparedSlot
 
 DELETED_MS = np.iinfo(np.int64).min
 _MIN_ROWS = 1024

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from store.errors import SlotConflict
+from liverank.store.errors import SlotConflict
 
 IdKind = Literal["int", "str", "str_hash"]
 StorageDtype = Literal["float32", "float16"]
@@ -23,7 +23,8 @@ class SlotConfig:
     """One embedding table.
 
     ``id_kind``: ``int`` keeps unsigned 64-bit ids exactly; ``str`` keeps string ids exactly (variable-length key);
-    ``str_hash`` maps strings to a documented 64-bit hash (``store.format.hash_str_id``) and stores them as ints,
+    ``str_hash`` maps strings to a documented 64-bit hash (``liverank.store.format.hash_str_id``) and stores them
+    as ints,
     trading exactness for speed where a slot asks for it.
     ``default``: the vector an unseen (or expired) id reads as: ``None`` means zeros, otherwise a learned "unknown" row.
     ``ttl_s``: rows whose last-update (event) time is older than this read as unseen and are swept; ``None``: never.

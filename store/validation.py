@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from store.errors import (
+from liverank.store.errors import (
     DeltaCorrupt,
     DimMismatch,
     DtypeMismatch,
@@ -21,7 +21,7 @@ from store.errors import (
     SchemaMismatch,
     UnknownSlot,
 )
-from store.format import (
+from liverank.store.format import (
     Array,
     Ids,
     IntIds,
@@ -31,7 +31,7 @@ from store.format import (
     encode_values,
     hash_str_id,
 )
-from store.slots import SlotConfig
+from liverank.store.slots import SlotConfig
 
 
 @dataclass(frozen=True)

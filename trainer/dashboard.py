@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from rich.console import Console
 from rich.table import Table
 
-from trainer.sync import SyncStats
-from trainer.traffic import ServerScore
+from liverank.trainer.sync import SyncStats
+from liverank.trainer.traffic import ServerScore
 
 
 @dataclass(frozen=True)

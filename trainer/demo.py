@@ -27,17 +27,17 @@ from typing import Any
 from rich.console import Console
 from rich.live import Live
 
-from exporter.deltas import DeltaBuilder, snapshot_deltas
-from exporter.onnx_export import export_bundle
-from exporter.push import PushClient
-from trainer.dashboard import Snapshot, console_is_live, progress_line, render
-from trainer.demo_report import write_chart, write_summary
-from trainer.features import short_video_manifest
-from trainer.online import OnlineTrainer, TrainerConfig
-from trainer.servers import ServerProcess
-from trainer.sync import Pusher
-from trainer.synthetic_stream import ShortVideoStream
-from trainer.traffic import TrafficGenerator
+from liverank.exporter.deltas import DeltaBuilder, snapshot_deltas
+from liverank.exporter.onnx_export import export_bundle
+from liverank.exporter.push import PushClient
+from liverank.trainer.dashboard import Snapshot, console_is_live, progress_line, render
+from liverank.trainer.demo_report import write_chart, write_summary
+from liverank.trainer.features import short_video_manifest
+from liverank.trainer.online import OnlineTrainer, TrainerConfig
+from liverank.trainer.servers import ServerProcess
+from liverank.trainer.sync import Pusher
+from liverank.trainer.synthetic_stream import ShortVideoStream
+from liverank.trainer.traffic import TrafficGenerator
 
 log = logging.getLogger(__name__)
 AUC_WINDOW_S = 20.0

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from store.manifest import Feature, Head, Manifest, build_manifest
-from store.slots import SlotConfig
-from trainer.events import EventBatch, I64Array, U64Array
+from liverank.store.manifest import Feature, Head, Manifest, build_manifest
+from liverank.store.slots import SlotConfig
+from liverank.trainer.events import EventBatch, I64Array, U64Array
 
 MODEL_NAME = "short-video"
 DEFAULT_DIM = 16

@@ -1,8 +1,10 @@
 """A trainer over any manifest: columnar batches of named id, id-list and numeric columns, one label per head.
 
-``OnlineTrainer`` is built around the short-video ``EventBatch``; the replay experiments (``trainer.replay``) train
+``OnlineTrainer`` is built around the short-video ``EventBatch``; the replay experiments (``liverank.trainer.replay``)
+train
 MovieLens and Criteo models whose features and heads differ. ``ColumnBatch`` carries any feature set, keyed by
-feature name, and ``GenericTrainer`` trains it with the same parts: collisionless ``trainer.tables`` (admission,
+feature name, and ``GenericTrainer`` trains it with the same parts: collisionless ``liverank.trainer.tables``
+(admission,
 expiry, Adagrad, touched set) and the DeepFM ``DenseTower``. Features may be numeric (the Criteo counts): then
 ``FieldTower`` puts DeepFM's treatment of continuous fields in front of the tower, each value ``x_f`` becoming the
 field ``x_f * v_f`` with a learned vector ``v_f``, so the second-order term sees numeric fields too. Either side may
@@ -22,14 +24,14 @@ import torch
 from torch import nn
 from torch.nn import functional
 
-from store.manifest import Feature, Manifest
-from trainer.events import F32Array, I64Array, U64Array
-from trainer.features import IdColumn
-from trainer.model import DEFAULT_HIDDEN, DenseTower
+from liverank.store.manifest import Feature, Manifest
+from liverank.trainer.events import F32Array, I64Array, U64Array
+from liverank.trainer.features import IdColumn
+from liverank.trainer.model import DEFAULT_HIDDEN, DenseTower
 
 # The short-video trainer's per-batch slot lookup and row plumbing apply to any feature set unchanged.
-from trainer.online import Rows, TrainerConfig, _column, _rows, _SlotLookup
-from trainer.tables import EmbeddingTable
+from liverank.trainer.online import Rows, TrainerConfig, _column, _rows, _SlotLookup
+from liverank.trainer.tables import EmbeddingTable
 
 _EXPIRY_SWEEP_MS = 1000
 
@@ -180,7 +182,7 @@ class GenericTrainer:
     """Tables (one per slot), a tower and their optimisers for any manifest; trains ``ColumnBatch`` es.
 
     The same steps as ``OnlineTrainer``: expire (event time), admit, gather, pool, one BCE loss per head, Adagrad on
-    the touched rows (per-example gradients, see ``trainer.online``), Adam on the dense weights. Thread-safe.
+    the touched rows (per-example gradients, see ``liverank.trainer.online``), Adam on the dense weights. Thread-safe.
     """
 
     def __init__(self, manifest: Manifest, config: TrainerConfig | None = None) -> None:

@@ -1,6 +1,7 @@
 """The dense tower: DeepFM with a shared bottom and one logit per task head.
 
-``forward(user, candidates)`` follows the bundle's ONNX contract (``store.manifest``): ``user`` is [1, user_width]
+``forward(user, candidates)`` follows the bundle's ONNX contract (``liverank.store.manifest``): ``user`` is
+[1, user_width]
 (broadcast to every candidate) or [B, user_width] (one user per row, as in training), ``candidates`` is
 [B, candidate_width]; it returns one probability vector [B] per head, in manifest head order. Inside:
 
@@ -20,13 +21,13 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from store.manifest import Manifest
+from liverank.store.manifest import Manifest
 
 DEFAULT_HIDDEN: tuple[int, ...] = (64, 32)
 
 
 class DenseTower(nn.Module):
-    """The dense half of the model; the embedding rows it reads live in ``trainer.tables``."""
+    """The dense half of the model; the embedding rows it reads live in ``liverank.trainer.tables``."""
 
     def __init__(
         self,

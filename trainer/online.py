@@ -24,16 +24,16 @@ import numpy as np
 import torch
 from torch.nn import functional
 
-from store.manifest import Feature, Manifest
-from trainer.events import EventBatch, F32Array, I64Array, U64Array
-from trainer.features import IdColumn, batch_columns, single
-from trainer.model import DEFAULT_HIDDEN, DenseTower
-from trainer.tables import AdagradConfig, AdmissionPolicy, EmbeddingTable, TableUpdate
+from liverank.store.manifest import Feature, Manifest
+from liverank.trainer.events import EventBatch, F32Array, I64Array, U64Array
+from liverank.trainer.features import IdColumn, batch_columns, single
+from liverank.trainer.model import DEFAULT_HIDDEN, DenseTower
+from liverank.trainer.tables import AdagradConfig, AdmissionPolicy, EmbeddingTable, TableUpdate
 
 logger = logging.getLogger(__name__)
 
 Rows = tuple[U64Array, F32Array, I64Array]
-"""(ids, values [n, dim], updated_at_ms) of one slot: what ``exporter.deltas.DeltaBuilder.build`` takes."""
+"""(ids, values [n, dim], updated_at_ms) of one slot: what ``liverank.exporter.deltas.DeltaBuilder.build`` takes."""
 
 _EXPIRY_SWEEP_MS = 1000  # sweep TTLs at most once per second of event time: a sweep scans the whole table
 

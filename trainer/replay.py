@@ -39,19 +39,19 @@ import httpx
 import numpy as np
 import orjson
 
-from exporter.deltas import DeltaBuilder, snapshot_deltas
-from exporter.onnx_export import export_bundle
-from exporter.push import PushClient, PushError
-from store.manifest import Manifest
-from trainer.datasets import DATASETS, DatasetUnavailable, ReplayData, load
-from trainer.events import F32Array, I64Array
-from trainer.features import IdColumn
-from trainer.generic import ColumnBatch, GenericTrainer, Tower
-from trainer.online import Rows, TrainerConfig
-from trainer.replay_report import log_loss, summarise, write_chart, write_json, write_markdown
-from trainer.servers import ServerProcess
-from trainer.synthetic_stream import roc_auc
-from trainer.tables import AdagradConfig
+from liverank.exporter.deltas import DeltaBuilder, snapshot_deltas
+from liverank.exporter.onnx_export import export_bundle
+from liverank.exporter.push import PushClient, PushError
+from liverank.store.manifest import Manifest
+from liverank.trainer.datasets import DATASETS, DatasetUnavailable, ReplayData, load
+from liverank.trainer.events import F32Array, I64Array
+from liverank.trainer.features import IdColumn
+from liverank.trainer.generic import ColumnBatch, GenericTrainer, Tower
+from liverank.trainer.online import Rows, TrainerConfig
+from liverank.trainer.replay_report import log_loss, summarise, write_chart, write_json, write_markdown
+from liverank.trainer.servers import ServerProcess
+from liverank.trainer.synthetic_stream import roc_auc
+from liverank.trainer.tables import AdagradConfig
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ import numpy as np
 import orjson
 
 if TYPE_CHECKING:
-    from trainer.datasets import ReplayData
+    from liverank.trainer.datasets import ReplayData
 
 EPS = 1e-7
 # Monolith (Liu et al., 2022), Table 2: DeepFM on Criteo, AUC (%) online vs batch-only, per number of shards N.

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from exporter.push import PushClient, PushError
-from store.format import SparseDelta
+from liverank.exporter.push import PushClient, PushError
+from liverank.store.format import SparseDelta
 
 log = logging.getLogger(__name__)
 

@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from trainer.events import EventBatch, I64Array, U64Array
+from liverank.trainer.events import EventBatch, I64Array, U64Array
 
 F64Array = np.ndarray[Any, np.dtype[np.float64]]
 IntArray = np.ndarray[Any, np.dtype[np.int64]]

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from trainer.events import F32Array, I64Array, U64Array
+from liverank.trainer.events import F32Array, I64Array, U64Array
 
 BoolArray = np.ndarray[Any, np.dtype[np.bool_]]
 

@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from trainer.synthetic_stream import ShortVideoStream, roc_auc
+from liverank.trainer.synthetic_stream import ShortVideoStream, roc_auc
 
 
 def auc(scores: np.ndarray[Any, Any], labels: np.ndarray[Any, Any]) -> float | None:

@@ -19,10 +19,10 @@ from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from serving.api import routes_admin, routes_health, routes_rank
-from serving.api.errors import install_error_handlers
-from serving.services import Services, check_settings
-from serving.settings import Settings
+from liverank.serving.api import routes_admin, routes_health, routes_rank
+from liverank.serving.api.errors import install_error_handlers
+from liverank.serving.services import Services, check_settings
+from liverank.serving.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ import hmac
 
 from fastapi import Request
 
-from serving.errors import ServingError
+from liverank.serving.errors import ServingError
 
 
 class Unauthorized(ServingError):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import Request
 
-from serving.errors import BodyTooLarge
+from liverank.serving.errors import BodyTooLarge
 
 
 async def read_body(request: Request, limit_bytes: int) -> bytes:

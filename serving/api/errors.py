@@ -12,8 +12,8 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from serving.errors import ServingError
-from store import SequenceGap, StoreError
+from liverank.serving.errors import ServingError
+from liverank.store import SequenceGap, StoreError
 
 log = logging.getLogger(__name__)
 

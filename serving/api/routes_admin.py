@@ -10,11 +10,11 @@ from fastapi import APIRouter, Depends, Query, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
-from serving.api.auth import require_admin
-from serving.api.body import read_body
-from serving.api.errors import error_responses
-from serving.model_slot import LiveModel
-from serving.services import Services
+from liverank.serving.api.auth import require_admin
+from liverank.serving.api.body import read_body
+from liverank.serving.api.errors import error_responses
+from liverank.serving.model_slot import LiveModel
+from liverank.serving.services import Services
 
 router = APIRouter(prefix="/admin", dependencies=[Depends(require_admin)], responses=error_responses(401, 403))
 

@@ -8,9 +8,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import PlainTextResponse, Response
 
-from serving.api.errors import error_response, error_responses
-from serving.services import Services
-from store.manifest import manifest_to_json
+from liverank.serving.api.errors import error_response, error_responses
+from liverank.serving.services import Services
+from liverank.store.manifest import manifest_to_json
 
 router = APIRouter()
 

@@ -9,10 +9,10 @@ import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from serving.api.body import read_body
-from serving.api.errors import error_responses
-from serving.errors import InvalidJson
-from serving.services import Services
+from liverank.serving.api.body import read_body
+from liverank.serving.api.errors import error_responses
+from liverank.serving.errors import InvalidJson
+from liverank.serving.services import Services
 
 router = APIRouter()
 

@@ -9,11 +9,11 @@ from typing import Any
 import orjson
 import pytest
 
-from benchmarks.cli import main as bench_main
-from benchmarks.d10k import DeltaStream
-from benchmarks.w500 import RequestMaker, make_tables, to_rows
-from exporter.synthetic import synthetic_manifest
-from store.format import decode_delta
+from liverank.benchmarks.cli import main as bench_main
+from liverank.benchmarks.d10k import DeltaStream
+from liverank.benchmarks.w500 import RequestMaker, make_tables, to_rows
+from liverank.exporter.synthetic import synthetic_manifest
+from liverank.store.format import decode_delta
 
 pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed")
 

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from benchmarks.cli import build_parser, main
-from benchmarks.peers import ALL_PEERS
-from benchmarks.targets import evaluate_targets
+from liverank.benchmarks.cli import build_parser, main
+from liverank.benchmarks.peers import ALL_PEERS
+from liverank.benchmarks.targets import evaluate_targets
 
 requires_redis = pytest.mark.skipif(
     shutil.which("redis-server") is None, reason="redis-server is not on PATH: the store benchmark compares against it"

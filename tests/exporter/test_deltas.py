@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from exporter.deltas import DeltaBuilder, snapshot_deltas
-from exporter.synthetic import synthetic_manifest
-from store import EmbeddingStore, decode_delta, encode_delta
+from liverank.exporter.deltas import DeltaBuilder, snapshot_deltas
+from liverank.exporter.synthetic import synthetic_manifest
+from liverank.store import EmbeddingStore, decode_delta, encode_delta
 
 
 def _rows(ids: list[int], dim: int, value: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

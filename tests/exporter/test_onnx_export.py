@@ -8,10 +8,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from exporter.onnx_export import ExportParityError, export_bundle  # noqa: E402
-from exporter.synthetic import synthetic_manifest  # noqa: E402
-from serving.bundle import load_bundle_dir  # noqa: E402
-from serving.runner import OnnxRunner  # noqa: E402
+from liverank.exporter.onnx_export import ExportParityError, export_bundle  # noqa: E402
+from liverank.exporter.synthetic import synthetic_manifest  # noqa: E402
+from liverank.serving.bundle import load_bundle_dir  # noqa: E402
+from liverank.serving.runner import OnnxRunner  # noqa: E402
 
 MANIFEST = synthetic_manifest("tiny", dim=8)
 

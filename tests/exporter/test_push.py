@@ -8,12 +8,12 @@ import httpx
 import numpy as np
 import pytest
 
-from exporter.archive import archive_bundle
-from exporter.deltas import DeltaBuilder
-from exporter.push import DeltaRejected, GapUnrecoverable, PushClient, ServerUnavailable
-from exporter.synthetic import build_synthetic_bundle
-from serving.bundle import load_bundle_dir
-from store.format import SparseDelta
+from liverank.exporter.archive import archive_bundle
+from liverank.exporter.deltas import DeltaBuilder
+from liverank.exporter.push import DeltaRejected, GapUnrecoverable, PushClient, ServerUnavailable
+from liverank.exporter.synthetic import build_synthetic_bundle
+from liverank.serving.bundle import load_bundle_dir
+from liverank.store.format import SparseDelta
 from tests.serving.conftest import TOKEN, LiveServer, settings_for
 
 

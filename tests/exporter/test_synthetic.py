@@ -14,11 +14,11 @@ import orjson
 import pytest
 from onnx import numpy_helper
 
-from exporter.archive import archive_bundle
-from exporter.cli import main
-from exporter.synthetic import build_synthetic_bundle
-from store.errors import ManifestInvalid
-from store.manifest import Manifest, manifest_from_json
+from liverank.exporter.archive import archive_bundle
+from liverank.exporter.cli import main
+from liverank.exporter.synthetic import build_synthetic_bundle
+from liverank.store.errors import ManifestInvalid
+from liverank.store.manifest import Manifest, manifest_from_json
 
 
 def _dims(value_info: Any) -> list[int | str]:

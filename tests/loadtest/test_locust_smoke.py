@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from exporter.archive import archive_bundle
-from exporter.synthetic import build_synthetic_bundle, synthetic_manifest
-from loadtest.payloads import (
+from liverank.exporter.archive import archive_bundle
+from liverank.exporter.synthetic import build_synthetic_bundle, synthetic_manifest
+from liverank.loadtest.payloads import (
     DeltaFactory,
     ModelView,
     RequestFactory,
@@ -28,9 +28,9 @@ from loadtest.payloads import (
     archive_version,
     rank_answer_problem,
 )
-from serving.request import Limits, parse_rank_request
-from store.format import delta_from_json
-from store.manifest import manifest_to_json
+from liverank.serving.request import Limits, parse_rank_request
+from liverank.store.format import delta_from_json
+from liverank.store.manifest import manifest_to_json
 
 ROOT = Path(__file__).resolve().parents[2]
 LIMITS = Limits(max_candidates=2000, max_list_ids=256, max_k=1000)
@@ -111,7 +111,7 @@ def _stats(path: Path) -> dict[tuple[str, str], dict[str, str]]:
 )
 def test_smoke_run_has_no_failures(tmp_path: Path) -> None:
     results = tmp_path / "results"
-    command = [sys.executable, "-m", "loadtest.run", "--duration", "15", "--users", "2"]
+    command = [sys.executable, "-m", "liverank.loadtest.run", "--duration", "15", "--users", "2"]
     command += ["--delta-interval-s", "0.5", "--swap-interval-s", "5", "--results-dir", str(results)]
     # A hermetic run: no HOST, SHAPE or LIVERANK_* settings leak in from the caller's shell.
     knobs = {"HOST", "SHAPE", "USERS", "DURATION", "SPAWN_RATE", "RESULTS_DIR"}

@@ -32,8 +32,8 @@ import httpx
 import numpy as np
 import pytest
 
-from exporter.synthetic import build_synthetic_bundle
-from store import EmbeddingStore, Inbox, SlotDelta, SparseDelta, encode_delta
+from liverank.exporter.synthetic import build_synthetic_bundle
+from liverank.store import EmbeddingStore, Inbox, SlotDelta, SparseDelta, encode_delta
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # Distinctive, so that finding it in a log (or an answer) cannot be a coincidence.

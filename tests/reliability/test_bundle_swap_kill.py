@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
-from exporter.archive import archive_bundle
+from liverank.exporter.archive import archive_bundle
 from tests.reliability.conftest import ADMIN, ServerProcess, build_bundle
 
 SWAP_TRIALS = int(os.environ.get("LIVERANK_SWAP_TRIALS", "10"))

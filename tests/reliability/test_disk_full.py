@@ -17,7 +17,7 @@ import httpx
 import numpy as np
 import pytest
 
-from store import SlotDelta, SparseDelta, encode_delta
+from liverank.store import SlotDelta, SparseDelta, encode_delta
 from tests.reliability.conftest import ADMIN, DIM, ServerProcess
 
 pytestmark = pytest.mark.slow

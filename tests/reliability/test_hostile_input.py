@@ -27,9 +27,9 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from serving.api import auth
-from store import SlotDelta, SparseDelta, encode_delta
-from store.manifest import manifest_from_json
+from liverank.serving.api import auth
+from liverank.store import SlotDelta, SparseDelta, encode_delta
+from liverank.store.manifest import manifest_from_json
 from tests.reliability.conftest import ADMIN, DIM, TOKEN, ServerProcess, build_bundle
 
 RANK_LIMIT_BYTES = 256 * 1024

@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 import uvicorn
 
-from exporter.archive import archive_bundle
-from exporter.synthetic import build_synthetic_bundle
-from serving.api.app import create_app
-from serving.services import Services
-from serving.settings import Settings
-from store import SlotDelta, SparseDelta, encode_delta
-from store.manifest import Manifest
+from liverank.exporter.archive import archive_bundle
+from liverank.exporter.synthetic import build_synthetic_bundle
+from liverank.serving.api.app import create_app
+from liverank.serving.services import Services
+from liverank.serving.settings import Settings
+from liverank.store import SlotDelta, SparseDelta, encode_delta
+from liverank.store.manifest import Manifest
 
 TOKEN = "test-token"
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}

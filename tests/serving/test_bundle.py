@@ -14,12 +14,12 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from exporter.archive import archive_bundle
-from exporter.synthetic import build_synthetic_bundle
-from serving.bundle import Bundle, extract_bundle_archive, load_bundle_dir
-from serving.errors import BundleArchiveUnsafe, BundleInvalid, BundleTooLarge
-from serving.runner import OnnxRunner
-from store.manifest import manifest_from_json
+from liverank.exporter.archive import archive_bundle
+from liverank.exporter.synthetic import build_synthetic_bundle
+from liverank.serving.bundle import Bundle, extract_bundle_archive, load_bundle_dir
+from liverank.serving.errors import BundleArchiveUnsafe, BundleInvalid, BundleTooLarge
+from liverank.serving.runner import OnnxRunner
+from liverank.store.manifest import manifest_from_json
 
 MAX_TOTAL_BYTES = 16 * 1024 * 1024
 MAX_MEMBER_BYTES = 8 * 1024 * 1024

@@ -10,10 +10,10 @@ import httpx
 import numpy as np
 import pytest
 
-from exporter.archive import archive_bundle
-from exporter.synthetic import build_synthetic_bundle
-from serving.settings import Settings
-from store import EmbeddingStore, Inbox, SlotDelta, SparseDelta
+from liverank.exporter.archive import archive_bundle
+from liverank.exporter.synthetic import build_synthetic_bundle
+from liverank.serving.settings import Settings
+from liverank.store import EmbeddingStore, Inbox, SlotDelta, SparseDelta
 from tests.serving.conftest import ADMIN, DIM, LiveServer, delta_bytes, manifest_of, rank_body, settings_for
 
 

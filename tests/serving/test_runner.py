@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper
 
-from exporter.synthetic import build_synthetic_bundle
-from serving.bundle import Bundle, load_bundle_dir
-from serving.errors import BundleInvalid
-from serving.runner import OnnxRunner
-from store.manifest import Head, Manifest, build_manifest
+from liverank.exporter.synthetic import build_synthetic_bundle
+from liverank.serving.bundle import Bundle, load_bundle_dir
+from liverank.serving.errors import BundleInvalid
+from liverank.serving.runner import OnnxRunner
+from liverank.store.manifest import Head, Manifest, build_manifest
 
 
 @pytest.fixture(scope="module", params=["tiny", "w500"])

@@ -10,8 +10,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from liverank.trainer.servers import ServerProcess
 from tests.serving.conftest import ADMIN, LiveServer, delta_bytes, manifest_of, settings_for
-from trainer.servers import ServerProcess
 
 
 def _children(pid: int) -> list[int]:

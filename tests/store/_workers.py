@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from store import EmbeddingStore, Inbox, Lookup, SlotConfig, SlotDelta, SparseDelta
+from liverank.store import EmbeddingStore, Inbox, Lookup, SlotConfig, SlotDelta, SparseDelta
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CHILD_DEADLINE_S = 60.0  # a child the parent forgot to kill exits on its own

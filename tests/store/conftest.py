@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from store import EmbeddingStore, SlotConfig, SlotDelta, SparseDelta
+from liverank.store import EmbeddingStore, SlotConfig, SlotDelta, SparseDelta
 
 MAP_BYTES = 256 * 1024**2
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from store import Durability, EmbeddingStore, Inbox, SequenceGap
+from liverank.store import Durability, EmbeddingStore, Inbox, SequenceGap
 from tests.store._workers import (
     CRASH_DIM,
     CRASH_MAP_SIZE_BYTES,

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from store import (
+from liverank.store import (
     ChecksumMismatch,
     DeltaCorrupt,
     DeltaError,
@@ -26,7 +26,7 @@ from store import (
     encode_delta,
     hash_str_id,
 )
-from store.format import decode_key, encode_int_keys, encode_str_key, encode_values, value_dtype
+from liverank.store.format import decode_key, encode_int_keys, encode_str_key, encode_values, value_dtype
 
 u64 = st.integers(min_value=0, max_value=2**64 - 1)
 # Ids are UTF-8 on the wire: lone surrogates cannot be encoded (test_unencodable_string_ids_are_refused).

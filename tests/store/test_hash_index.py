@@ -6,13 +6,13 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from store.hash_index import HashIndex, capacity_for, kernel_available, probe_numpy
+from liverank.store.hash_index import HashIndex, capacity_for, kernel_available, probe_numpy
 
 u64 = st.integers(min_value=0, max_value=2**64 - 1)
 
 
 def test_the_compiled_kernel_is_built_by_the_install() -> None:
-    assert kernel_available(), "store._kernel is missing: `pip install -e .` builds it (needs a C compiler)"
+    assert kernel_available(), "liverank.store._kernel is missing: `pip install -e .` builds it (needs a C compiler)"
 
 
 @given(st.lists(u64, unique=True, max_size=600), st.lists(u64, max_size=200))

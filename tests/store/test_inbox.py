@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from store import EmbeddingStore, Inbox, InboxFull, SequenceGap, encode_delta
+from liverank.store import EmbeddingStore, Inbox, InboxFull, SequenceGap, encode_delta
 from tests.store.conftest import MAP_BYTES, SLOTS, make_delta
 
 

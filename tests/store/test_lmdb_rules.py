@@ -23,7 +23,7 @@ import lmdb
 import numpy as np
 import pytest
 
-from store import (
+from liverank.store import (
     EmbeddingStore,
     NotAStore,
     SlotConfig,

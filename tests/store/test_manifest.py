@@ -11,8 +11,8 @@ from typing import Any
 import orjson
 import pytest
 
-from store.errors import ManifestInvalid, UnknownSlot
-from store.manifest import (
+from liverank.store.errors import ManifestInvalid, UnknownSlot
+from liverank.store.manifest import (
     DEFAULT_MAX_LEN,
     Feature,
     Head,
@@ -22,7 +22,7 @@ from store.manifest import (
     manifest_from_json,
     manifest_to_json,
 )
-from store.slots import SlotConfig
+from liverank.store.slots import SlotConfig
 
 SLOTS = (
     SlotConfig(name="user_id", dim=8),

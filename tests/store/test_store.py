@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from store import (
+from liverank.store import (
     DimMismatch,
     DtypeMismatch,
     EmbeddingStore,

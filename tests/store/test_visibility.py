@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from store import EmbeddingStore, SlotConfig, SlotDelta, SparseDelta
+from liverank.store import EmbeddingStore, SlotConfig, SlotDelta, SparseDelta
 from tests.store._workers import (
     VIS_IDS_PER_SLOT,
     VIS_MAP_SIZE_BYTES,

@@ -11,15 +11,15 @@ import pytest
 
 pytest.importorskip("torch")
 
-from trainer.datasets import DatasetUnavailable, load
-from trainer.datasets.cache import (
+from liverank.trainer.datasets import DatasetUnavailable, load
+from liverank.trainer.datasets.cache import (
     ML100K_MEMBER,
     cached_movielens_100k,
     extract_member,
     fetch_movielens_100k,
 )
-from trainer.datasets.criteo import MISSING_ID, N_CATEGORICAL, criteo_events, criteo_manifest, read_criteo
-from trainer.datasets.movielens import (
+from liverank.trainer.datasets.criteo import MISSING_ID, N_CATEGORICAL, criteo_events, criteo_manifest, read_criteo
+from liverank.trainer.datasets.movielens import (
     FormatError,
     Ratings,
     movielens_events,
@@ -27,7 +27,7 @@ from trainer.datasets.movielens import (
     positive_histories,
     read_ratings,
 )
-from trainer.generic import bucket_ids
+from liverank.trainer.generic import bucket_ids
 
 # user, item, rating, timestamp: out of time order, with a tie at 100 (file order must survive the sort).
 ROWS = [(1, 10, 5, 300), (2, 20, 3, 100), (1, 11, 4, 100), (3, 30, 1, 200), (2, 21, 4.5, 300)]

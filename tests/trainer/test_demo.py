@@ -9,7 +9,7 @@ import pytest
 
 pytest.importorskip("torch")
 
-from trainer.demo import main
+from liverank.trainer.demo import main
 
 
 @pytest.mark.slow

@@ -6,10 +6,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from store.manifest import Feature, Head, build_manifest  # noqa: E402
-from store.slots import SlotConfig  # noqa: E402
-from trainer.features import short_video_manifest  # noqa: E402
-from trainer.model import DenseTower  # noqa: E402
+from liverank.store.manifest import Feature, Head, build_manifest  # noqa: E402
+from liverank.store.slots import SlotConfig  # noqa: E402
+from liverank.trainer.features import short_video_manifest  # noqa: E402
+from liverank.trainer.model import DenseTower  # noqa: E402
 
 
 def _tower(dim: int = 8) -> DenseTower:

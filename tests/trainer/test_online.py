@@ -10,11 +10,11 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from trainer.events import EventBatch  # noqa: E402
-from trainer.features import IdColumn, short_video_manifest, single  # noqa: E402
-from trainer.online import OnlineTrainer, TrainerConfig  # noqa: E402
-from trainer.synthetic_stream import ShortVideoStream, roc_auc  # noqa: E402
-from trainer.tables import AdmissionPolicy  # noqa: E402
+from liverank.trainer.events import EventBatch  # noqa: E402
+from liverank.trainer.features import IdColumn, short_video_manifest, single  # noqa: E402
+from liverank.trainer.online import OnlineTrainer, TrainerConfig  # noqa: E402
+from liverank.trainer.synthetic_stream import ShortVideoStream, roc_auc  # noqa: E402
+from liverank.trainer.tables import AdmissionPolicy  # noqa: E402
 
 BATCH = 256
 MANIFEST = short_video_manifest(16, created_at_ms=0)

@@ -8,8 +8,8 @@ import time
 import numpy as np
 import pytest
 
-from trainer.events import EventBatch, EventSource
-from trainer.synthetic_stream import ShortVideoStream, roc_auc
+from liverank.trainer.events import EventBatch, EventSource
+from liverank.trainer.synthetic_stream import ShortVideoStream, roc_auc
 
 
 def _events(stream: ShortVideoStream, n_batches: int, batch_size: int = 250) -> EventBatch:

@@ -7,7 +7,7 @@ import copy
 import numpy as np
 import pytest
 
-from trainer.tables import AdagradConfig, AdmissionPolicy, EmbeddingTable
+from liverank.trainer.tables import AdagradConfig, AdmissionPolicy, EmbeddingTable
 
 
 def _ids(*values: int) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Real data sets as time-ordered event logs for the replay experiments (``trainer.replay``).
+"""Real data sets as time-ordered event logs for the replay experiments (``liverank.trainer.replay``).
 
 ``movielens`` (the ratings forms of MovieLens and RecBole), ``criteo`` (the Kaggle ``train.txt`` form), ``cache``
 (MovieLens-100K from the RecBole wheel on PyPI). ``load`` turns a named data set or a user's file into
@@ -14,18 +14,18 @@ from typing import Any, Literal
 
 import numpy as np
 
-from store.manifest import Manifest
-from trainer.datasets.cache import DatasetUnavailable, cache_dir, fetch_movielens_100k
-from trainer.datasets.criteo import criteo_events, criteo_manifest, read_criteo, write_synthetic_criteo
-from trainer.datasets.movielens import (
+from liverank.store.manifest import Manifest
+from liverank.trainer.datasets.cache import DatasetUnavailable, cache_dir, fetch_movielens_100k
+from liverank.trainer.datasets.criteo import criteo_events, criteo_manifest, read_criteo, write_synthetic_criteo
+from liverank.trainer.datasets.movielens import (
     describe,
     movielens_events,
     movielens_manifest,
     read_ratings,
     write_synthetic_ratings,
 )
-from trainer.events import I64Array
-from trainer.generic import ColumnBatch
+from liverank.trainer.events import I64Array
+from liverank.trainer.generic import ColumnBatch
 
 __all__ = ["DATASETS", "DatasetUnavailable", "ReplayData", "load"]
 

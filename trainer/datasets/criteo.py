@@ -19,11 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
-from store.manifest import Feature, Head, Manifest, build_manifest
-from store.slots import SlotConfig
-from trainer.events import F32Array, U64Array
-from trainer.features import single
-from trainer.generic import ColumnBatch
+from liverank.store.manifest import Feature, Head, Manifest, build_manifest
+from liverank.store.slots import SlotConfig
+from liverank.trainer.events import F32Array, U64Array
+from liverank.trainer.features import single
+from liverank.trainer.generic import ColumnBatch
 
 MODEL_NAME = "criteo"
 N_NUMERIC = 13

@@ -25,11 +25,11 @@ from typing import Any
 
 import numpy as np
 
-from store.manifest import Feature, Head, Manifest, build_manifest
-from store.slots import SlotConfig
-from trainer.events import F32Array, I64Array, U64Array
-from trainer.features import IdColumn, single
-from trainer.generic import ColumnBatch
+from liverank.store.manifest import Feature, Head, Manifest, build_manifest
+from liverank.store.slots import SlotConfig
+from liverank.trainer.events import F32Array, I64Array, U64Array
+from liverank.trainer.features import IdColumn, single
+from liverank.trainer.generic import ColumnBatch
 
 MODEL_NAME = "movielens"
 HIST_MAX_LEN = 20
