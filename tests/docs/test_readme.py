@@ -1,8 +1,9 @@
 """The README runs as written: its command blocks, in order, in a fresh directory, against a real server.
 
 The test changes one thing: the port. The README shows the default port 8000; the test runs on a free port (several
-test runs may share a machine): it sets ``LIVERANK_PORT`` for the blocks and substitutes the port for 8000 in their text. Everything else runs exactly as pasted, with ``.venv`` in the
-working directory pointing at the interpreter's own virtual environment (the one ``make test`` created).
+test runs may share a machine): it sets ``LIVERANK_PORT`` for the blocks and substitutes the port for 8000 in their
+text. Everything else runs exactly as pasted, with ``.venv`` in the working directory pointing at the interpreter's
+own virtual environment (the one ``make test`` created).
 """
 
 from __future__ import annotations
