@@ -6,6 +6,10 @@ writer is mid-way (tier being changed, or LMDB already ahead of the tier) the wh
 snapshot instead. Readers never wait for the writer.
 
 Writes: ``apply`` validates a delta, commits it to LMDB in one transaction, then makes it visible in the tier.
+
+Tier modes (``open(tier=...)``): ``local``, a RAM tier of this process's own (tests, benchmarks, one-process use);
+``none``, LMDB only; ``publish``, the writer process: it builds and publishes the shared tier
+(``liverank.store.shared_tier``) that ``map`` processes (serving workers) read without ever writing or following.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from liverank.store.format import (
 )
 from liverank.store.lmdb_store import DEFAULT_MAP_SIZE_BYTES, ApplyResult, Durability, LmdbStore, Txn
 from liverank.store.ram_tier import DELETED_MS, RamTier, TierRead
+from liverank.store.shared_tier import SharedTierReader, SharedTierWriter, SlotChange, TierEpoch, default_dir
 from liverank.store.slots import SlotConfig
 from liverank.store.validation import PreparedDelta, prepare_delta
 
@@ -46,6 +51,7 @@ log = logging.getLogger(__name__)
 DEFAULT_RAM_BUDGET_ROWS = 50_000_000
 _WARM_CHUNK_ROWS = 1_000_000
 Source = Literal["ram", "ram+lmdb", "lmdb"]
+TierMode = Literal["local", "none", "publish", "map"]
 
 
 @dataclass(frozen=True)
@@ -69,6 +75,7 @@ class Lookup:
     slots: dict[str, SlotLookup]
     source: Source
     applied_seq: dict[str, int]  # per producer, as of ``generation``
+    retries: int = 0  # shared tier: reads that overlapped a publish and were redone
 
 
 @dataclass(frozen=True)
@@ -114,6 +121,10 @@ class EmbeddingStore:
         # A lookup that finds the tier behind LMDB follows the changelog itself. A server turns this off and runs
         # a follower thread instead, so that no ranking request pays for catching up.
         self.follow_inline = True
+        self._publisher: SharedTierWriter | None = None
+        self._mapped: SharedTierReader | None = None
+        self._floor_generation = 0  # map mode: answers never go back past what this process already served
+        self.tier_fallbacks = 0  # lookups answered wholly from LMDB although a tier exists
 
     @classmethod
     def open(
@@ -126,21 +137,30 @@ class EmbeddingStore:
         ram_budget_rows: int = DEFAULT_RAM_BUDGET_ROWS,
         reserve_bytes: int | None = None,
         ram_tier: bool = True,
+        tier: TierMode | None = None,
+        shared_tier_dir: str | os.PathLike[str] | None = None,
     ) -> EmbeddingStore:
         """Open (or create) a store, declare ``slots``, and warm the RAM tier from LMDB up to the budget.
 
-        ``ram_tier`` False: no RAM tier at all (a process that only writes, like the server's writer process:
-        its reads, if any, go to LMDB).
+        ``ram_tier`` False: no RAM tier at all (same as ``tier="none"``). ``tier``: see the module docstring;
+        ``shared_tier_dir``: where the shared tier lives (``publish`` and ``map``; default under /dev/shm).
         """
+        mode: TierMode = tier if tier is not None else ("local" if ram_tier else "none")
+        shared_dir = shared_tier_dir if shared_tier_dir is not None else default_dir(path)
         lmdb_store = LmdbStore(path, map_size_bytes=map_size_bytes, durability=durability, reserve_bytes=reserve_bytes)
         try:
             store = cls(lmdb_store, ram_budget_rows)
             if slots:
                 store.declare_slots(slots)
-            if ram_tier:
+            if mode == "local":
                 store._warm()
             else:
                 store._tier_ok = False
+            if mode == "publish":
+                store._publisher = SharedTierWriter(shared_dir, ram_budget_rows)
+                store._publish_whole()
+            elif mode == "map":
+                store._mapped = SharedTierReader(shared_dir)
         except BaseException:
             lmdb_store.close()
             raise
@@ -149,7 +169,28 @@ class EmbeddingStore:
     # --- lifecycle and configuration ----------------------------------------------------------------------------
 
     def close(self) -> None:
+        if self._mapped is not None:
+            self._mapped.close()
+        if self._publisher is not None:
+            self._publisher.close()
         self._lmdb.close()
+
+    @property
+    def shared_tier(self) -> SharedTierReader | None:
+        """The shared tier this process reads (``map`` mode), or None."""
+        return self._mapped
+
+    @property
+    def publisher(self) -> SharedTierWriter | None:
+        """The shared tier this process publishes (``publish`` mode), or None."""
+        return self._publisher
+
+    def refresh_config(self) -> None:
+        """Re-read slots and the bound schema from LMDB (another process, e.g. a worker installing a bundle,
+        may have changed them)."""
+        with self._lmdb.read() as txn:
+            self._slots = self._lmdb.slot_table(txn)
+            self._schema_hash = self._lmdb.schema_hash(txn)
 
     def __enter__(self) -> EmbeddingStore:
         return self
@@ -211,6 +252,53 @@ class EmbeddingStore:
             complete,
         )
 
+    def _publish_whole(self) -> None:
+        """Build the shared tier from one LMDB snapshot and publish it (writer start-up, or recovery)."""
+        assert self._publisher is not None
+        started = time.perf_counter()
+        with self._lmdb.read() as txn:
+            self._slots = self._lmdb.slot_table(txn)
+            counts = self._lmdb.row_counts(txn)
+            epoch = TierEpoch(self._lmdb.generation(txn), self._lmdb.applied_seqs(txn), {}, {})
+            chunks = (
+                (name, ids, vectors, updated)
+                for name, (config, code) in self._slots.items()
+                if config.id_kind != "str" and counts.get(name, 0)
+                for ids, vectors, updated in _scan_slot(txn, self._lmdb.rows_db, config, code, _WARM_CHUNK_ROWS)
+            )
+            self._publisher.build(self.slots, counts, chunks, epoch)
+        log.info(
+            "shared tier built: %s rows in %.1f s (generation %s)",
+            self._publisher.resident_rows(),
+            time.perf_counter() - started,
+            epoch.generation,
+        )
+
+    def _publish(self, prepared: PreparedDelta, generation: int) -> None:
+        publisher = self._publisher
+        assert publisher is not None
+        if publisher.epoch.generation != generation - 1:
+            self._publish_whole()  # behind (another writer's deltas): rebuild from LMDB, which has this one too
+            return
+        changes = [
+            SlotChange(
+                slot.config,
+                slot.int_ids if slot.int_ids is not None else np.empty(0, np.uint64),
+                slot.vectors,
+                slot.updated_at_ms,
+                slot.tombstone_int_ids if slot.tombstone_int_ids is not None else np.empty(0, np.uint64),
+            )
+            for slot in prepared.slots
+            if slot.config.id_kind != "str"
+        ]
+        applied = {**publisher.epoch.applied_seq, prepared.delta.producer: prepared.delta.seq}
+        try:
+            publisher.publish(changes, generation, applied)
+        except Exception:
+            # Readers still serve the last whole state (nothing was flipped); start again from LMDB.
+            log.exception("shared tier publish failed; rebuilding it from LMDB")
+            self._publish_whole()
+
     def catch_up(self) -> list[Followed]:
         """Bring the RAM tier up to LMDB's generation: deltas another process (the writer) applied. Returns what
         was followed, oldest first; a tier further behind than the changelog reaches is rebuilt instead."""
@@ -265,10 +353,14 @@ class EmbeddingStore:
         ``received_at_ms``: when the delta arrived, kept in the changelog for followers' freshness figures.
         """
         with self._write_lock:
+            if self._publisher is not None:
+                self.refresh_config()  # workers declare slots and bind schemas when bundles go live
             prepared = prepare_delta(delta, self._slots, self._schema_hash)
             binary = payload if payload is not None else encode_delta(delta)
             result = self._lmdb.apply(prepared, binary, inbox_key, received_at_ms)
-            if result.status == "applied" and self._tier_ok:
+            if result.status == "applied" and self._publisher is not None:
+                self._publish(prepared, result.generation)
+            elif result.status == "applied" and self._tier_ok:
                 if self._tier.generation == result.generation - 1:
                     self._apply_to_tier(prepared, result.generation)
                 else:  # another process wrote in between: replay its deltas (and ours) from the changelog
@@ -297,6 +389,8 @@ class EmbeddingStore:
                 if keys:
                     removed[name] = self._lmdb.delete_rows(name, keys)
                     self._tier.forget(name, ids)
+                    if self._publisher is not None and not isinstance(ids, tuple):
+                        self._publisher.forget(name, ids)
         return removed
 
     def _expired_keys(
@@ -334,6 +428,11 @@ class EmbeddingStore:
         self._lmdb.check_usable()
         normalized = {slot: self._normalize(slot, ids) for slot, ids in requests.items()}
         now = _now_ms() if now_ms is None else now_ms
+        if self._mapped is not None:
+            shared = self._lookup_shared(normalized, now)
+            if shared is not None:
+                return shared
+            self.tier_fallbacks += 1
         with self._lmdb.read() as txn:
             generation = self._lmdb.generation(txn)
             if (
@@ -354,7 +453,41 @@ class EmbeddingStore:
                         return answer
             # No tier, or it is mid-update and not complete: answer everything from this one LMDB snapshot.
             applied = self._lmdb.applied_seqs(txn)
+            self._floor_generation = max(self._floor_generation, generation)
             return Lookup(generation, self._finish(self._read_lmdb(txn, normalized), now), "lmdb", applied)
+
+    def _lookup_shared(self, normalized: dict[str, IntIds | tuple[str, ...]], now: int) -> Lookup | None:
+        """The answer from the shared tier (plus LMDB at the same generation for rows it does not hold), or None
+        when it cannot give one: nothing published yet, too many publishes overlapped, LMDB moved on while rows
+        outside the tier are needed, or the tier is behind an answer this process already gave."""
+        assert self._mapped is not None
+        int_ids = {slot: ids for slot, ids in normalized.items() if not isinstance(ids, tuple)}
+        got = self._mapped.read(int_ids)
+        if got is None or got.epoch.generation < self._floor_generation:
+            return None
+        epoch = got.epoch
+        reads = dict(got.reads)
+        need = [
+            slot
+            for slot in normalized
+            if slot not in reads or (not epoch.complete.get(slot, False) and bool((reads[slot].rows < 0).any()))
+        ]
+        if not need:
+            return Lookup(epoch.generation, self._finish(reads, now), "ram", epoch.applied_seq, got.retries)
+        with self._lmdb.read() as txn:
+            if self._lmdb.generation(txn) != epoch.generation:
+                return None
+            for slot in need:
+                ids = normalized[slot]
+                if slot not in reads:
+                    reads[slot] = self._read_slot_lmdb(txn, slot, ids)
+                    continue
+                idx = np.flatnonzero(reads[slot].rows < 0)
+                sub = tuple(ids[i] for i in idx) if isinstance(ids, tuple) else ids[idx]
+                got_rows = self._read_slot_lmdb(txn, slot, sub)
+                reads[slot].vectors[idx] = got_rows.vectors
+                reads[slot].updated_at_ms[idx] = got_rows.updated_at_ms
+        return Lookup(epoch.generation, self._finish(reads, now), "ram+lmdb", epoch.applied_seq, got.retries)
 
     def _lookup_via_tier(
         self, txn: Txn, lmdb_generation: int, normalized: dict[str, IntIds | tuple[str, ...]], now: int
@@ -471,13 +604,35 @@ class EmbeddingStore:
     def served_seq(self, producer: str) -> int:
         """The producer's sequence that lookups answer from now (the RAM tier may trail LMDB by a delta or two
         while it follows; see ``lookup_many``)."""
+        if self._mapped is not None:
+            epoch = self._mapped.epoch()
+            return 0 if epoch is None else epoch.applied_seq.get(producer, 0)
         if self._tier_ok and self._tier_complete:
             return self._tier.applied_seq.get(producer, 0)
         return self.applied_seq(producer)
 
+    def served_epoch(self) -> tuple[int, dict[str, int]]:
+        """(generation, sequence per producer) that lookups answer from now."""
+        if self._mapped is not None:
+            epoch = self._mapped.epoch()
+            if epoch is not None:
+                return epoch.generation, dict(epoch.applied_seq)
+        elif self._tier_ok and self._tier_complete:
+            return self._tier.generation, dict(self._tier.applied_seq)
+        with self._lmdb.read() as txn:
+            return self._lmdb.generation(txn), self._lmdb.applied_seqs(txn)
+
     def applied_seqs(self) -> dict[str, int]:
         with self._lmdb.read() as txn:
             return self._lmdb.applied_seqs(txn)
+
+    def _resident_by_slot(self) -> dict[str, int]:
+        if self._mapped is not None:
+            epoch = self._mapped.epoch()
+            return {} if epoch is None else dict(epoch.resident)
+        if self._publisher is not None:
+            return dict(self._publisher.epoch.resident)
+        return self._tier.resident_by_slot()
 
     def stats(self) -> StoreStats:
         with self._lmdb.read() as txn:
@@ -487,7 +642,7 @@ class EmbeddingStore:
                 schema_hash=self._schema_hash,
                 applied_seq=self._lmdb.applied_seqs(txn),
                 rows_by_slot={name: self._lmdb.row_counts(txn).get(name, 0) for name in self._slots},
-                resident_rows_by_slot=self._tier.resident_by_slot(),
+                resident_rows_by_slot=self._resident_by_slot(),
                 ram_budget_rows=self._tier.budget_rows,
                 used_bytes=self._lmdb.used_bytes(txn),
                 map_size_bytes=self._lmdb.map_size_bytes,

@@ -9,6 +9,9 @@ Commands:
 - ``inbox-writer PATH --start S --seed N``: drain the inbox, then enqueue and apply (with ``inbox_key``) until killed.
 - ``reader PATH --final K``: look the visibility group up in a loop until it reads ``K``; print a JSON summary.
 - ``hold-write PATH``: open a write transaction on the store and hold it until stdin closes.
+- ``reader PATH --final K --shared DIR``: the same, reading the shared tier in ``DIR`` (a serving worker's view).
+- ``tier-writer PATH --shared DIR --start S --final K``: publish the visibility stream from ``S`` to ``K`` into the
+  shared tier in ``DIR`` (``LIVERANK_TIER_TEST_STALL_AT_GENERATION`` makes it stall mid-publish).
 """
 
 from __future__ import annotations
@@ -152,6 +155,7 @@ class ChildLines:
     def __init__(self, proc: subprocess.Popen[bytes]) -> None:
         assert proc.stdout is not None
         self._proc = proc
+        self.proc = proc
         self._fd = proc.stdout.fileno()
         self._buffer = b""
         self.lines: list[str] = []
@@ -268,8 +272,10 @@ def _inbox_writer(path: str, start: int, seed: int) -> int:
     return 4
 
 
-def _reader(path: str, final: int, budget: int | None, timeout_s: float) -> int:
+def _reader(path: str, final: int, budget: int | None, timeout_s: float, shared: str | None = None) -> int:
     kwargs: dict[str, Any] = {} if budget is None else {"ram_budget_rows": budget}
+    if shared is not None:
+        kwargs.update(tier="map", shared_tier_dir=shared)
     store = EmbeddingStore.open(path, map_size_bytes=VIS_MAP_SIZE_BYTES, **kwargs)
     requests = vis_requests()
     seen = Observations()
@@ -278,8 +284,27 @@ def _reader(path: str, final: int, budget: int | None, timeout_s: float) -> int:
     deadline = time.monotonic() + timeout_s
     while seen.last_k < final and time.monotonic() < deadline:
         seen.record(store.lookup_many(requests))
+    fallbacks = store.tier_fallbacks
+    retries = store.shared_tier.retries if store.shared_tier is not None else 0
     store.close()
-    _emit("summary", json.dumps(seen.to_json()))
+    _emit("summary", json.dumps({**seen.to_json(), "fallbacks": fallbacks, "retries": retries}))
+    return 0
+
+
+def _tier_writer(path: str, shared: str, start: int, final: int, pause_s: float) -> int:
+    store = EmbeddingStore.open(
+        path, slots=VIS_SLOTS, map_size_bytes=VIS_MAP_SIZE_BYTES, tier="publish", shared_tier_dir=shared
+    )
+    _emit("ready")
+    windows = []
+    for k in range(start, final + 1):
+        store.apply(vis_delta(k))
+        assert store.publisher is not None
+        windows.append(store.publisher.last_publish_window_s)
+        _emit("applied", k)
+        time.sleep(pause_s)
+    _emit("windows", json.dumps(windows))
+    store.close()
     return 0
 
 
@@ -340,6 +365,13 @@ def main(argv: list[str] | None = None) -> int:
     reader.add_argument("--final", type=int, required=True)
     reader.add_argument("--budget", type=int, default=None)
     reader.add_argument("--timeout", type=float, default=30.0)
+    reader.add_argument("--shared", default=None)
+    tier_writer = commands.add_parser("tier-writer")
+    tier_writer.add_argument("path")
+    tier_writer.add_argument("--shared", required=True)
+    tier_writer.add_argument("--start", type=int, required=True)
+    tier_writer.add_argument("--final", type=int, required=True)
+    tier_writer.add_argument("--pause", type=float, default=0.01)
     hold = commands.add_parser("hold-write")
     hold.add_argument("path")
     args = parser.parse_args(argv)
@@ -348,7 +380,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "inbox-writer":
         return _inbox_writer(args.path, args.start, args.seed)
     if args.command == "reader":
-        return _reader(args.path, args.final, args.budget, args.timeout)
+        return _reader(args.path, args.final, args.budget, args.timeout, args.shared)
+    if args.command == "tier-writer":
+        return _tier_writer(args.path, args.shared, args.start, args.final, args.pause)
     return _hold_write(args.path)
 
 

@@ -1,0 +1,224 @@
+"""The shared RAM tier (store/shared_tier.py): invariants across processes.
+
+Reader processes map the tier read-only while the writer publishes the visibility stream (delta k sets a group of
+2,000 rows in two slots to ``float(k)``): no reader ever sees a mixed group or goes back; a writer SIGKILLed
+mid-publish leaves readers on the previous whole state until a restarted writer takes over; a tier that grows
+(new segments) under reader threads never shows half a delta; freed rows are reused (no growth from updates).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from liverank.store import EmbeddingStore, SlotConfig
+from liverank.store.ram_tier import DELETED_MS
+from liverank.store.shared_tier import STALL_ENV, SharedTierReader, SharedTierWriter, SlotChange, TierEpoch
+from tests.store._workers import (
+    VIS_MAP_SIZE_BYTES,
+    VIS_SLOTS,
+    ChildLines,
+    Observations,
+    start_child,
+    vis_delta,
+    vis_requests,
+)
+from tests.store.test_visibility import (
+    GROWTH_DELTAS,
+    GROWTH_MARKER_IDS,
+    GROWTH_SLOT,
+    check,
+    check_growth_read,
+    growth_chunk,
+    growth_delta,
+)
+
+pytestmark = pytest.mark.slow
+
+N_DELTAS = 40
+N_READERS = 3
+
+
+def start_readers(path: Path, shared: Path, final: int, n: int, budget: int | None = None) -> list[ChildLines]:
+    readers = []
+    for _ in range(n):
+        args = ["reader", str(path), "--final", str(final), "--timeout", "60", "--shared", str(shared)]
+        if budget is not None:
+            args += ["--budget", str(budget)]
+        readers.append(ChildLines(start_child(*args)))
+    return readers
+
+
+def finish(lines: ChildLines) -> None:
+    """Wait for a child to exit and close its pipes."""
+    proc = lines.proc
+    try:
+        lines.read_to_eof(timeout_s=90)
+        proc.wait(timeout=30)
+        stderr = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+        assert proc.returncode == 0, stderr
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+        for pipe in (proc.stdin, proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
+
+
+def finish_reader(lines: ChildLines) -> dict[str, Any]:
+    finish(lines)
+    summary: dict[str, Any] = json.loads(
+        next(line for line in lines.lines if line.startswith("summary "))[len("summary ") :]
+    )
+    return summary
+
+
+@pytest.mark.parametrize(("budget", "source"), [(None, "ram"), (600, "ram+lmdb")])
+def test_reader_processes_never_see_a_mixed_delta(tmp_path: Path, budget: int | None, source: str) -> None:
+    path, shared = tmp_path / "store", tmp_path / "tier"
+    kwargs: dict[str, Any] = {} if budget is None else {"ram_budget_rows": budget}
+    with EmbeddingStore.open(
+        path, slots=VIS_SLOTS, map_size_bytes=VIS_MAP_SIZE_BYTES, tier="publish", shared_tier_dir=shared, **kwargs
+    ) as store:
+        store.apply(vis_delta(1))
+        readers = start_readers(path, shared, N_DELTAS, N_READERS, budget)
+        try:
+            for lines in readers:
+                lines.wait_for("ready", timeout_s=60)
+            for k in range(2, N_DELTAS + 1):
+                assert store.apply(vis_delta(k)).status == "applied"
+                time.sleep(0.01)
+        finally:
+            summaries = [finish_reader(lines) for lines in readers]
+    for i, summary in enumerate(summaries):
+        check(summary, f"reader process {i}")
+        assert summary["sources"].get(source, 0) >= 1, summary
+
+
+def test_writer_killed_mid_publish_leaves_readers_on_the_previous_whole_state(tmp_path: Path) -> None:
+    path, shared = tmp_path / "store", tmp_path / "tier"
+    stall_at, final = 10, 20
+    os.environ[STALL_ENV] = str(stall_at)  # only for the first writer: the child copies the environment now
+    try:
+        writer = start_child("tier-writer", str(path), "--shared", str(shared), "--start", "1", "--final", str(final))
+    finally:
+        del os.environ[STALL_ENV]
+    lines = ChildLines(writer)
+    lines.wait_for("ready", timeout_s=60)
+    readers = start_readers(path, shared, final, 2)
+    try:
+        deadline = time.monotonic() + 60
+        while not (shared / f"stalled-{stall_at}").exists():
+            assert time.monotonic() < deadline, "the writer never reached the stall point"
+            lines.drain_for(0.05)
+        writer.send_signal(signal.SIGKILL)
+        writer.wait(timeout=30)
+        for pipe in (writer.stdin, writer.stdout, writer.stderr):
+            if pipe is not None:
+                pipe.close()
+        # LMDB holds delta 10, the tier's flip never happened: readers answer state 9, whole, from the tier.
+        with EmbeddingStore.open(path, map_size_bytes=VIS_MAP_SIZE_BYTES, tier="map", shared_tier_dir=shared) as viewer:
+            for _ in range(20):
+                got = viewer.lookup_many(vis_requests())
+                seen = Observations()
+                assert seen.record(got) == stall_at - 1, seen.violations
+                assert (seen.violations, got.source, got.generation) == ([], "ram", stall_at - 1)
+            assert viewer.tier_fallbacks == 0
+            restarted = start_child(
+                "tier-writer", str(path), "--shared", str(shared), "--start", str(stall_at + 1), "--final", str(final)
+            )
+            finish(ChildLines(restarted))
+            seen = Observations()
+            assert seen.record(viewer.lookup_many(vis_requests())) == final, seen.violations
+    finally:
+        summaries = [finish_reader(lines) for lines in readers]
+    for i, summary in enumerate(summaries):
+        check(summary, f"reader process {i}", final=final)
+        assert stall_at - 1 in summary["ks"], summary
+
+
+def _change(k: int) -> list[SlotChange]:
+    (slot,) = growth_delta(k).slots.values()
+    ids = np.asarray(slot.ids, dtype=np.uint64)
+    order = np.argsort(ids)
+    return [SlotChange(GROWTH_SLOT, ids[order], slot.values[order], slot.updated_at_ms[order], np.empty(0, np.uint64))]
+
+
+def test_readers_never_see_half_a_delta_while_the_tier_grows(tmp_path: Path) -> None:
+    """The tier starts empty and regrows (new segments) several times; reader threads keep mapping the new ones."""
+    writer = SharedTierWriter(tmp_path, budget_rows=10**9)
+    writer.build({GROWTH_SLOT.name: GROWTH_SLOT}, {}, [], TierEpoch(0, {}, {}, {}))
+    reader = SharedTierReader(tmp_path)
+    all_ids = np.concatenate([GROWTH_MARKER_IDS, *(growth_chunk(j) for j in range(1, GROWTH_DELTAS + 1))])
+    done = threading.Event()
+    problems: list[str] = []
+    reads = [0, 0]
+
+    def read(i: int) -> None:
+        while not done.is_set() and not problems:
+            got = reader.read({GROWTH_SLOT.name: all_ids})
+            if got is None or got.epoch.generation == 0:
+                continue
+            slot = got.reads[GROWTH_SLOT.name]
+            unseen = slot.updated_at_ms == DELETED_MS
+            problem = check_growth_read(slot.vectors, unseen, got.epoch.generation)
+            if problem:
+                problems.append(problem)
+            reads[i] += 1
+
+    threads = [threading.Thread(target=read, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    segments = set()
+    try:
+        for k in range(1, GROWTH_DELTAS + 1):
+            writer.publish(_change(k), k, {"grow": k})
+            segments.add(writer._segment_id)
+            time.sleep(0.003)
+    finally:
+        done.set()
+        for thread in threads:
+            thread.join(timeout=60)
+    assert not problems, problems[0]
+    assert len(segments) >= 3, f"the tier never regrew: {segments}"
+    final = reader.read({GROWTH_SLOT.name: all_ids})
+    assert final is not None
+    assert final.epoch.generation == GROWTH_DELTAS
+    assert sum(reads) >= 1
+
+
+def test_updates_reuse_freed_rows_and_tombstones_read_unseen(tmp_path: Path) -> None:
+    slot = SlotConfig("s", 4)
+    writer = SharedTierWriter(tmp_path, budget_rows=10**6)
+    writer.build({"s": slot}, {}, [], TierEpoch(0, {}, {}, {}))
+    ids = np.arange(100, 600, dtype=np.uint64)
+    none = np.empty(0, np.uint64)
+    reader = SharedTierReader(tmp_path)
+    segment_after_first = None
+    for k in range(1, 51):
+        values = np.full((len(ids), 4), float(k), np.float32)
+        writer.publish([SlotChange(slot, ids, values, np.full(len(ids), k, np.int64), none)], k, {"p": k})
+        if k == 2:
+            segment_after_first = writer._segment_id
+    assert writer._segment_id == segment_after_first, "rewriting the same ids grew the tier: freed rows not reused"
+    got = reader.read({"s": ids})
+    assert got is not None
+    assert got.epoch.applied_seq == {"p": 50}
+    assert (got.reads["s"].vectors == 50.0).all()
+    gone = ids[:10]
+    empty_values = np.empty((0, 4), np.float32)
+    writer.publish([SlotChange(slot, none, empty_values, np.empty(0, np.int64), gone)], 51, {"p": 51})
+    got = reader.read({"s": ids})
+    assert got is not None
+    assert (got.reads["s"].updated_at_ms[:10] == DELETED_MS).all()
+    assert (got.reads["s"].vectors[10:] == 50.0).all()
+    assert got.epoch.resident == {"s": len(ids) - 10}
