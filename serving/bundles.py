@@ -55,6 +55,7 @@ class BundleManager:
         onnx_threads: int,
         keep: int,
         max_bundle_bytes: int,
+        clean_incoming: bool = True,
     ) -> None:
         self.root = root
         self._store = store
@@ -63,7 +64,8 @@ class BundleManager:
         self._keep = keep
         self._max_bundle_bytes = max_bundle_bytes
         self.root.mkdir(parents=True, exist_ok=True)
-        for stale in self.root.glob(".incoming-*"):
+        # A worker of a multi-process server leaves them alone: another worker may be unpacking an upload.
+        for stale in self.root.glob(".incoming-*") if clean_incoming else ():
             shutil.rmtree(stale, ignore_errors=True)
 
     # --- the record ---------------------------------------------------------------------------------------------
@@ -159,6 +161,23 @@ class BundleManager:
             live = self._go_live(previous, bundle, runner, history)
             shutil.rmtree(self.root / dropped, ignore_errors=True)
             return live
+
+    def follow(self) -> LiveModel | None:
+        """Another worker of this server changed the live bundle (the record names it): load and warm it here,
+        then swap. Writes nothing (the other worker declared slots and bound the schema). None if in step."""
+        record = self.record()
+        live = self._slot.live
+        if record.live is None or (live is not None and live.bundle_id == record.live):
+            return None
+        with self._slot.swap_lock:
+            bundle = load_bundle_dir(self.root / record.live)
+            runner = self._prepare(bundle)
+            self._store.refresh_config()
+            new = LiveModel(record.live, bundle, runner, time.time_ns() // 1_000_000)
+            if self._slot.replace(new) is not None:
+                release_free_memory_soon()
+        log.info("bundle %s is live in this worker (following the server's record)", record.live)
+        return new
 
     def _prepare(self, bundle: Bundle) -> OnnxRunner:
         runner = OnnxRunner.build(bundle, intra_op_threads=self._onnx_threads)

@@ -1,23 +1,24 @@
-"""``liverank serve``: run the ranking server (uvicorn, one process).
+"""``liverank serve``: run the ranking server: N worker processes on one port, one writer process
+(``serving/server.py``).
 
-Settings come from ``LIVERANK_*`` environment variables; flags override them. The store and the live bundle are
-opened before the HTTP server starts, so a bad store directory or a broken bundle ends the command with one
-clear line and a non-zero exit code instead of a traceback.
+Settings come from ``LIVERANK_*`` environment variables; flags override them (and are passed to the workers through
+the environment). The store and the live bundle are opened before any worker starts, so a bad store directory or a
+broken bundle ends the command with one clear line and a non-zero exit code instead of a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
-import uvicorn
 from pydantic import ValidationError
 
-from liverank.serving.api.app import create_app
 from liverank.serving.errors import ServingError
-from liverank.serving.services import Services, check_settings
+from liverank.serving.server import prepare_server, run_server
+from liverank.serving.services import check_settings
 from liverank.serving.settings import Settings
 from liverank.store import StoreError
 
@@ -37,6 +38,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--map-size-bytes", type=int, help="LMDB map size (LIVERANK_MAP_SIZE_BYTES)")
     p.add_argument("--ram-budget-rows", type=int, help="rows kept in the RAM tier (LIVERANK_RAM_BUDGET_ROWS)")
     p.add_argument("--onnx-threads", type=int, help="intra-op threads per ONNX session (LIVERANK_ONNX_THREADS)")
+    p.add_argument("--workers", type=int, help="worker processes (LIVERANK_WORKERS, default: the usable cores)")
+    p.add_argument(
+        "--shared-tier-dir", type=Path, help="where the shared RAM tier lives (LIVERANK_SHARED_TIER_DIR, /dev/shm)"
+    )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return p
 
@@ -48,7 +53,7 @@ def main(argv: list[str]) -> int:
     try:
         settings = Settings(**overrides)
         check_settings(settings)
-        services = Services.open(settings)
+        prepare_server(settings)
     except ValidationError as exc:
         print(f"liverank serve: invalid settings: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}", file=sys.stderr)
         return 2
@@ -58,13 +63,10 @@ def main(argv: list[str]) -> int:
     except OSError as exc:
         print(f"liverank serve: cannot start: {exc}", file=sys.stderr)
         return 1
-    app = create_app(settings, services=services)
-    config = uvicorn.Config(
-        app, host=settings.host, port=settings.port, log_level=args.log_level, access_log=False, lifespan="on"
-    )
-    server = uvicorn.Server(config)
+    # The workers read their settings from the environment: flags become LIVERANK_* variables for them.
+    for key, value in overrides.items():
+        os.environ[f"LIVERANK_{key.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
     try:
-        server.run()
+        return run_server(settings, args.log_level)
     except KeyboardInterrupt:  # uvicorn shuts down cleanly on SIGINT, then re-raises it: nothing left to report
         return 130
-    return 0 if server.started else 1

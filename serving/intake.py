@@ -9,6 +9,7 @@ import threading
 from liverank.serving.follower import Follower
 from liverank.serving.metrics import Metrics
 from liverank.serving.updater import Updater
+from liverank.serving.worker_sync import WorkerSync
 from liverank.store import EmbeddingStore, EnqueueResult, Inbox, StoreError, StoreFull, decode_any, encode_delta
 from liverank.store.format import is_binary_delta
 
@@ -21,7 +22,9 @@ _ROOM_SLACK_BYTES = 256 * 1024
 class DeltaIntake:
     """Accepts deltas in the binary or the JSON form."""
 
-    def __init__(self, store: EmbeddingStore, inbox: Inbox, updater: Updater | Follower, metrics: Metrics) -> None:
+    def __init__(
+        self, store: EmbeddingStore, inbox: Inbox, updater: Updater | Follower | WorkerSync, metrics: Metrics
+    ) -> None:
         self._store = store
         self._inbox = inbox
         self._updater = updater

@@ -1,11 +1,18 @@
 """Prometheus metrics (``liverank_`` prefix, base units, ``_total`` counters), one registry per app.
 
 A registry per app (not the global default) lets tests and benchmarks run several apps in one process.
+
+Under ``liverank serve`` every worker and the writer write their values to ``PROMETHEUS_MULTIPROC_DIR`` (set by
+the master before any of them starts) and a scrape aggregates the files (``scrape_registry``): counters and
+histograms sum over processes, so each request counts once; each gauge says how it combines (``multiprocess_mode``):
+the applied sequence is the largest any process saw, values a scrape sets are the most recent one of a live process.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
 
 # Ranking latency sits between ~1 ms and ~100 ms; the finer low buckets separate p50 from p99.
 _LATENCY_S = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0)
@@ -55,7 +62,11 @@ class Metrics:
             registry=r,
         )
         self.applied_sequence = Gauge(
-            "liverank_applied_sequence", "Last applied delta sequence, per producer", ["producer"], registry=r
+            "liverank_applied_sequence",
+            "Last applied delta sequence, per producer",
+            ["producer"],
+            registry=r,
+            multiprocess_mode="max",
         )
         self.deltas_applied = Counter("liverank_deltas_applied_total", "Deltas applied", registry=r)
         self.delta_rows_applied = Counter("liverank_delta_rows_applied_total", "Rows written by deltas", registry=r)
@@ -68,7 +79,9 @@ class Metrics:
             buckets=_FRESHNESS_S,
             registry=r,
         )
-        self.inbox_depth = Gauge("liverank_inbox_depth", "Deltas queued, not yet applied", registry=r)
+        self.inbox_depth = Gauge(
+            "liverank_inbox_depth", "Deltas queued, not yet applied", registry=r, multiprocess_mode="livemostrecent"
+        )
         self.updater_failures = Counter(
             "liverank_updater_failures_total", "Updater failures, by kind", ["kind"], registry=r
         )
@@ -78,8 +91,25 @@ class Metrics:
             "The live bundle (value 1)",
             ["bundle_id", "model", "version", "schema_hash"],
             registry=r,
+            multiprocess_mode="livemostrecent",
         )
         self.bundle_swaps = Counter("liverank_bundle_swaps_total", "Bundles made live, by how", ["how"], registry=r)
-        self.store_rows = Gauge("liverank_store_rows", "Rows stored, per slot", ["slot"], registry=r)
-        self.store_used_bytes = Gauge("liverank_store_used_bytes", "Bytes used in the LMDB map", registry=r)
-        self.store_map_bytes = Gauge("liverank_store_map_size_bytes", "Size of the LMDB map", registry=r)
+        self.store_rows = Gauge(
+            "liverank_store_rows", "Rows stored, per slot", ["slot"], registry=r, multiprocess_mode="livemostrecent"
+        )
+        self.store_used_bytes = Gauge(
+            "liverank_store_used_bytes", "Bytes used in the LMDB map", registry=r, multiprocess_mode="livemostrecent"
+        )
+        self.store_map_bytes = Gauge(
+            "liverank_store_map_size_bytes", "Size of the LMDB map", registry=r, multiprocess_mode="livemostrecent"
+        )
+
+
+def scrape_registry(registry: CollectorRegistry) -> CollectorRegistry:
+    """What a scrape reports: every process's values when the server runs several (multiprocess mode), else this
+    app's registry."""
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return registry
+    combined = CollectorRegistry()
+    multiprocess.MultiProcessCollector(combined)  # type: ignore[no-untyped-call]
+    return combined

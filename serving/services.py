@@ -7,6 +7,7 @@ start-up bundle), updater (drains what the inbox still holds). Closing runs in r
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +22,7 @@ from liverank.serving.ranker import Ranker
 from liverank.serving.request import Limits
 from liverank.serving.settings import LOOPBACK_HOSTS, Settings
 from liverank.serving.updater import Updater
+from liverank.serving.worker_sync import WorkerSync
 from liverank.serving.writer import WriterConfig, WriterProcess
 from liverank.store import EmbeddingStore, Inbox
 
@@ -47,7 +49,7 @@ class Services:
     model_slot: ModelSlot
     bundles: BundleManager
     ranker: Ranker
-    updater: Updater | Follower
+    updater: Updater | Follower | WorkerSync
     intake: DeltaIntake
     started_at_ms: int
 
@@ -55,11 +57,14 @@ class Services:
     def open(cls, settings: Settings) -> Services:
         check_settings(settings)
         started = time.perf_counter()
+        worker = settings.role == "worker"
         store = EmbeddingStore.open(
             settings.store_path,
             map_size_bytes=settings.map_size_bytes,
             durability=settings.durability,
             ram_budget_rows=settings.ram_budget_rows,
+            tier="map" if worker else "local",
+            shared_tier_dir=settings.tier_path if worker else None,
         )
         try:
             return cls._assemble(settings, store, started)
@@ -78,14 +83,26 @@ class Services:
             onnx_threads=settings.onnx_threads,
             keep=settings.bundle_history,
             max_bundle_bytes=settings.max_bundle_bytes,
+            clean_incoming=settings.role == "standalone",
         )
-        live = bundles.restore()
-        if live is None and settings.bundle is not None:
+        # A worker takes the bundle the server's record names (the master made it live) and writes nothing.
+        live = bundles.follow() if settings.role == "worker" else bundles.restore()
+        if live is None and settings.bundle is not None and settings.role == "standalone":
             live = bundles.install_dir(settings.bundle)
             metrics.bundle_swaps.labels(how="startup").inc()
         inbox = Inbox(store.lmdb, settings.inbox_max_depth)
-        updater: Updater | Follower
-        if settings.writer == "process":
+        updater: Updater | Follower | WorkerSync
+        if settings.role == "worker":
+            # The server's master runs the one writer; this worker maps the tier it publishes.
+            updater = WorkerSync(
+                store,
+                bundles,
+                model_slot,
+                metrics,
+                status_dir=settings.workers_path,
+                status_timeout_s=settings.status_timeout_s,
+            )
+        elif settings.writer == "process":
             store.follow_inline = False  # the follower thread catches up; ranking requests never pay for it
             writer = WriterProcess(
                 WriterConfig(
@@ -138,7 +155,9 @@ class Services:
 
     def note_live_bundle(self) -> None:
         """Point the bundle-info metric at the live bundle."""
-        self.metrics.bundle_info.clear()
+        # Set to 0, not cleared: a cleared child would live on in the multiprocess files of this process.
+        for labels in list(self.metrics.bundle_info._metrics):
+            self.metrics.bundle_info.labels(*labels).set(0)
         live = self.model_slot.live
         if live is not None:
             m = live.manifest
@@ -146,7 +165,9 @@ class Services:
 
     def epoch(self) -> dict[str, Any]:
         live = self.model_slot.live
-        return {"dense_version": None if live is None else live.version, "sparse_seq": self.store.applied_seqs()}
+        # A worker names what the shared tier serves (the same in every worker), not what LMDB has committed.
+        seqs = self.store.served_epoch()[1] if isinstance(self.updater, WorkerSync) else self.store.applied_seqs()
+        return {"dense_version": None if live is None else live.version, "sparse_seq": seqs}
 
     def status(self) -> dict[str, Any]:
         stats = self.store.stats()
@@ -171,6 +192,23 @@ class Services:
             "bundles": self.bundles.history(),
             "quarantined_deltas": self.store.lmdb.get_app_record("quarantine") or [],
             "started_at_ms": self.started_at_ms,
+            **self._server_status(),
+        }
+
+    def _server_status(self) -> dict[str, Any]:
+        """Per-server parts (multi-process server): this worker, every live worker, the writer, the shared tier."""
+        if not isinstance(self.updater, WorkerSync):
+            return {}
+        tier = self.store.shared_tier
+        return {
+            "worker": os.getpid(),
+            "workers": self.updater.workers(),
+            "writer": self.updater.writer_status,
+            "shared_tier": {
+                "directory": str(self.settings.tier_path),
+                "retries_here": 0 if tier is None else tier.retries,
+                "fallbacks_here": self.store.tier_fallbacks,
+            },
         }
 
     def ready(self) -> tuple[bool, str]:
@@ -180,4 +218,6 @@ class Services:
             return False, "applying the deltas queued before start-up"
         if not self.updater.alive:
             return False, "the updater (writer process or its follower) has stopped"
+        if isinstance(self.updater, WorkerSync) and not self.updater.writer_alive:
+            return False, "the server's writer process is not running"
         return True, "ready"

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from liverank.store.shared_tier import default_dir
 
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
 
@@ -58,6 +61,24 @@ class Settings(BaseSettings):
     bundle_history: int = Field(5, ge=2, description="bundles kept on disk for rollback")
     gc_freeze: bool = Field(True, description="gc.freeze() after start-up: long-lived objects leave the GC's scans")
 
+    workers: int = Field(
+        default_factory=lambda: len(os.sched_getaffinity(0)),
+        ge=1,
+        description="worker processes answering on the port (default: the cores this process may use)",
+    )
+    shared_tier_dir: Path | None = Field(
+        None, description="where the writer publishes the shared RAM tier (default /dev/shm/liverank-<store hash>)"
+    )
+    role: Literal["standalone", "worker"] = Field(
+        "standalone",
+        description="set by `liverank serve` for its workers (they map the shared tier; the server runs one "
+        "writer); standalone: an app with its own writer process and RAM tier (tests, embedding)",
+    )
+    status_timeout_s: float = Field(
+        3.0, gt=0, description="a worker whose heartbeat is older than this no longer counts as serving"
+    )
+    swap_wait_s: float = Field(60.0, gt=0, description="how long a bundle swap waits for every worker to serve it")
+
     @property
     def store_path(self) -> Path:
         return self.data_dir / "store"
@@ -65,3 +86,14 @@ class Settings(BaseSettings):
     @property
     def bundles_path(self) -> Path:
         return self.data_dir / "bundles"
+
+    @property
+    def tier_path(self) -> Path:
+        if self.shared_tier_dir is not None:
+            return self.shared_tier_dir
+        return default_dir(self.store_path)
+
+    @property
+    def workers_path(self) -> Path:
+        """Per-worker status records (pid, served bundle, heartbeat)."""
+        return self.tier_path / "workers"

@@ -62,6 +62,7 @@ class Updater:
         self.failures: collections.Counter[str] = collections.Counter()  # by kind, also in the metrics
         self.deltas_applied = 0
         self.rows_applied = 0
+        self.publish_window_s = 0.0  # the last shared-tier publish (writer process with a shared tier)
         self.freshness = Freshness(store, metrics)
 
     # --- lifecycle ----------------------------------------------------------------------------------------------
@@ -206,6 +207,8 @@ class Updater:
             "failures": dict(self.failures),
             "deltas_applied": self.deltas_applied,
             "rows_applied": self.rows_applied,
+            "publish_window_s": self.publish_window_s,
+            "push_to_visible": self.freshness.summary(),
         }
 
     def push_to_visible_summary(self) -> dict[str, float | int | None]:

@@ -43,6 +43,8 @@ class WriterConfig:
     flush_interval_s: float
     sweep_interval_s: float
     log_level: int
+    shared_tier_dir: str | None = None  # set: this writer builds and publishes the shared RAM tier there
+    ram_budget_rows: int = 0
 
 
 def _writer_main(config: dict[str, Any], stop: Connection, token: int, parent_pid: int) -> None:
@@ -52,7 +54,9 @@ def _writer_main(config: dict[str, Any], stop: Connection, token: int, parent_pi
         cfg.store_path,
         map_size_bytes=cfg.map_size_bytes,
         durability=cfg.durability,  # type: ignore[arg-type]
-        ram_tier=False,
+        tier="publish" if cfg.shared_tier_dir else "none",
+        shared_tier_dir=cfg.shared_tier_dir,
+        ram_budget_rows=cfg.ram_budget_rows,
     )
     try:
         updater = Updater(
@@ -67,6 +71,8 @@ def _writer_main(config: dict[str, Any], stop: Connection, token: int, parent_pi
         # ``stop`` is the read end of a pipe: readable when the server asks us to stop, or at EOF when the server
         # is gone. (A multiprocessing.Event would not do: a process killed while holding its lock blocks it.)
         while not stop.poll(_STATUS_INTERVAL_S):
+            if store.publisher is not None:
+                updater.publish_window_s = store.publisher.last_publish_window_s
             if os.getppid() != parent_pid:
                 # The server died without stopping us (SIGKILL): a writer must not outlive its server, whose
                 # restart starts a writer of its own.

@@ -233,7 +233,7 @@ class _Segment:
         area[:4] = np.uint32(len(raw)).tobytes()
 
 
-def _read_control(directory: Path) -> int:
+def read_control(directory: Path) -> int:
     try:
         with open(directory / "control", "rb") as f:
             raw = f.read(16)
@@ -280,7 +280,7 @@ class SharedTierReader:
         self.gave_up = 0
 
     def _current(self) -> _Segment | None:
-        segment_id = _read_control(self.directory)
+        segment_id = read_control(self.directory)
         segment = self._segment
         if segment_id == 0:
             return None
@@ -402,7 +402,7 @@ class SharedTierWriter:
         self.directory.mkdir(parents=True, exist_ok=True)
         self.budget_rows = budget_rows
         self._segment: _Segment | None = None
-        self._segment_id = _read_control(self.directory)
+        self._segment_id = read_control(self.directory)
         self._books: dict[str, _SlotBook] = {}
         self._epoch = TierEpoch(0, {}, {}, {})
         stall = os.environ.get(STALL_ENV)
@@ -447,7 +447,7 @@ class SharedTierWriter:
         self._install(segment, books, epoch)
 
     def _new_segment(self, sizes: Mapping[str, tuple[SlotConfig, int, int]]) -> tuple[_Segment, dict[str, _SlotBook]]:
-        self._segment_id = max(self._segment_id, _read_control(self.directory)) + 1
+        self._segment_id = max(self._segment_id, read_control(self.directory)) + 1
         segment = _Segment.create(_segment_path(self.directory, self._segment_id), sizes)
         books = {}
         for name, (_, _, arena) in sizes.items():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -39,6 +40,9 @@ _ROUTES = {
 }
 
 
+_PID = str(os.getpid()).encode()
+
+
 class _LatencyMiddleware:
     """Request latency by route and status (pure ASGI: no per-request middleware objects)."""
 
@@ -56,6 +60,8 @@ class _LatencyMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                # Which worker answered (a multi-process server): tells answers from different workers apart.
+                message["headers"] = [*message.get("headers", []), (b"x-liverank-worker", _PID)]
             await send(message)
 
         try:
@@ -68,6 +74,13 @@ class _LatencyMiddleware:
                 services.metrics.request_seconds.labels(route=route, status=str(status)).observe(
                     time.perf_counter() - started
                 )
+
+
+def create_worker_app() -> FastAPI:
+    """The app of one worker of ``liverank serve`` (uvicorn's factory; settings from the environment the master
+    prepared, ``LIVERANK_ROLE=worker``)."""
+    from_environment: dict[str, Any] = {}  # Settings reads LIVERANK_* itself
+    return create_app(Settings(**from_environment))
 
 
 def create_app(settings: Settings, *, services: Services | None = None) -> FastAPI:

@@ -15,6 +15,7 @@ from liverank.serving.api.body import read_body
 from liverank.serving.api.errors import error_responses
 from liverank.serving.model_slot import LiveModel
 from liverank.serving.services import Services
+from liverank.serving.worker_sync import WorkerSync
 
 router = APIRouter(prefix="/admin", dependencies=[Depends(require_admin)], responses=error_responses(401, 403))
 
@@ -85,7 +86,7 @@ async def upload_bundle(request: Request) -> Response:
     body = await read_body(request, services.settings.max_bundle_bytes)
     live = await run_in_threadpool(services.bundles.install_archive, body)
     services.metrics.bundle_swaps.labels(how="upload").inc()
-    return _live_answer(services, live)
+    return await _answer_when_everywhere(services, live)
 
 
 @router.post("/rollback", summary="Make the previous bundle live again", responses=error_responses(409, 422))
@@ -93,6 +94,18 @@ async def rollback(request: Request) -> Response:
     services: Services = request.app.state.services
     live = await run_in_threadpool(services.bundles.rollback)
     services.metrics.bundle_swaps.labels(how="rollback").inc()
+    return await _answer_when_everywhere(services, live)
+
+
+async def _answer_when_everywhere(services: Services, live: LiveModel) -> Response:
+    """200 once every worker of the server serves ``live`` (each loads and warms it, then swaps); 202 if some
+    worker has not within ``swap_wait_s`` (it keeps trying: the record names the bundle)."""
+    sync = services.updater
+    if isinstance(sync, WorkerSync):
+        everywhere = await run_in_threadpool(sync.wait_all_serving, live.bundle_id, services.settings.swap_wait_s)
+        if not everywhere:
+            pending = [w["pid"] for w in sync.workers() if w.get("bundle_id") != live.bundle_id]
+            return _json({"status": "live_here", "bundle_id": live.bundle_id, "workers_pending": pending}, 202)
     return _live_answer(services, live)
 
 

@@ -9,6 +9,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import PlainTextResponse, Response
 
 from liverank.serving.api.errors import error_response, error_responses
+from liverank.serving.metrics import scrape_registry
 from liverank.serving.services import Services
 from liverank.store.manifest import manifest_to_json
 
@@ -45,7 +46,7 @@ def _scrape(services: Services) -> bytes:
     services.metrics.store_used_bytes.set(stats.used_bytes)
     services.metrics.store_map_bytes.set(stats.map_size_bytes)
     services.metrics.inbox_depth.set(services.inbox.depth())
-    return generate_latest(services.metrics.registry)
+    return generate_latest(scrape_registry(services.metrics.registry))
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)

@@ -1,0 +1,137 @@
+"""One server on one machine: the master process, one writer process and N worker processes on one port.
+
+The master (``liverank serve``) prepares what is per server, then hands the port to uvicorn's own process manager
+(``uvicorn.run(..., workers=N)``: it restarts a worker that dies and, on SIGTERM, lets every worker drain its
+in-flight requests):
+
+1. the live bundle: restored or installed once here (N workers starting at once must not each install it);
+2. a fresh ``PROMETHEUS_MULTIPROC_DIR`` (metrics of every worker and of the writer, aggregated at each scrape);
+3. the writer process (``serving/writer.py``), which builds the shared RAM tier from LMDB, publishes it, then
+   applies the inbox and publishes every delta; a thread here restarts it (backing off) if it dies;
+4. the workers: spawned interpreters (LMDB opened after the fork), ``LIVERANK_ROLE=worker``: they map the shared
+   tier read-only, never write rows, never follow deltas (``serving/worker_sync.py``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import uvicorn
+
+from liverank.serving.bundles import BundleManager
+from liverank.serving.model_slot import ModelSlot
+from liverank.serving.settings import Settings
+from liverank.serving.writer import STATUS_RECORD, WriterConfig, WriterProcess
+from liverank.store import EmbeddingStore
+from liverank.store.shared_tier import read_control
+
+log = logging.getLogger(__name__)
+
+WORKER_APP = "liverank.serving.api.app:create_worker_app"
+_WATCH_S = 0.5
+
+
+def prepare_server(settings: Settings) -> str | None:
+    """Make the bundle live once for the whole server (and check the store opens). Returns the live bundle id."""
+    store = EmbeddingStore.open(
+        settings.store_path, map_size_bytes=settings.map_size_bytes, durability=settings.durability, tier="none"
+    )
+    try:
+        bundles = BundleManager(
+            settings.bundles_path,
+            store,
+            ModelSlot(),
+            onnx_threads=settings.onnx_threads,
+            keep=settings.bundle_history,
+            max_bundle_bytes=settings.max_bundle_bytes,
+        )
+        live = bundles.restore()
+        if live is None and settings.bundle is not None:
+            live = bundles.install_dir(settings.bundle)
+        store.lmdb.put_app_record(STATUS_RECORD, {})  # a previous server's writer must not look alive or drained
+        return None if live is None else live.bundle_id
+    finally:
+        store.close()
+
+
+def writer_config(settings: Settings) -> WriterConfig:
+    return WriterConfig(
+        store_path=str(settings.store_path),
+        map_size_bytes=settings.map_size_bytes,
+        durability=settings.durability,
+        inbox_max_depth=settings.inbox_max_depth,
+        poll_s=settings.updater_poll_s,
+        flush_interval_s=settings.flush_interval_s,
+        sweep_interval_s=settings.sweep_interval_s,
+        log_level=logging.getLogger().getEffectiveLevel(),
+        shared_tier_dir=str(settings.tier_path),
+        ram_budget_rows=settings.ram_budget_rows,
+    )
+
+
+def _watch_writer(writer: WriterProcess, stop: threading.Event) -> None:
+    while not stop.wait(_WATCH_S):
+        if not writer.alive:
+            writer.restart()
+
+
+def _fresh_metrics_dir() -> Path:
+    path = Path(tempfile.mkdtemp(prefix="liverank-metrics-"))
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)
+    return path
+
+
+def run_server(settings: Settings, log_level: str) -> int:
+    """Run the whole server until SIGTERM/SIGINT. The environment carries the settings to the workers."""
+    metrics_dir = _fresh_metrics_dir()
+    tier = settings.tier_path
+    tier.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(settings.workers_path, ignore_errors=True)
+    settings.workers_path.mkdir(parents=True)
+    os.environ["LIVERANK_ROLE"] = "worker"
+    os.environ["LIVERANK_SHARED_TIER_DIR"] = str(tier)
+    before = read_control(tier)
+    writer = WriterProcess(writer_config(settings))
+    writer.start()
+    stop = threading.Event()
+    watcher = threading.Thread(target=_watch_writer, args=(writer, stop), name="liverank-writer-watch", daemon=True)
+    watcher.start()
+    try:
+        _wait_for_tier(tier, before)
+        uvicorn.run(
+            WORKER_APP,
+            factory=True,
+            host=settings.host,
+            port=settings.port,
+            workers=settings.workers,
+            log_level=log_level,
+            access_log=False,
+            lifespan="on",
+            timeout_graceful_shutdown=30,
+        )
+    finally:
+        stop.set()
+        watcher.join(5)
+        writer.stop()
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+    return 0
+
+
+def _wait_for_tier(tier: Path, before: int, timeout_s: float = 3600.0) -> None:
+    """Workers start once the writer published the tier (a 10M-row warm-up takes a while)."""
+    deadline = time.monotonic() + timeout_s
+    started = time.monotonic()
+    next_note = started + 10
+    while read_control(tier) <= before:
+        if time.monotonic() > deadline:
+            raise TimeoutError("the writer did not publish the shared tier")
+        if time.monotonic() > next_note:
+            log.info("waiting for the writer to build the shared tier (%.0f s)", time.monotonic() - started)
+            next_note += 10
+        time.sleep(0.05)
