@@ -7,7 +7,9 @@ worker maps it. What stays per worker is the dense model, so this thread:
   ``/admin/status`` lists and a swap waits on;
 - watches the bundle record in LMDB (the shared control record, written by the worker that took an upload or a
   rollback) and, when it names another bundle, loads and warms it here, then swaps (``BundleManager.follow``);
-- mirrors the writer's status record (readiness: the writer is alive and has drained what was queued before start).
+- mirrors the writer's status record (readiness: the writer is alive and has drained what was queued before start);
+- ends this worker (SIGTERM to itself: it drains like any shutdown) when the server's master is gone: uvicorn's
+  workers would otherwise outlive a master killed with SIGKILL, holding the port.
 
 It has the ``Updater``'s surface (start/stop/wake/alive/wait_applied/...), so the HTTP shell does not care which one
 it talks to; ``?wait=visible`` waits until the shared tier serves the delta, i.e. until every worker does.
@@ -18,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import threading
 import time
 from pathlib import Path
@@ -95,6 +98,7 @@ class WorkerSync:
         self.writer_status: dict[str, Any] = {}
         self.freshness = Freshness(store, metrics)
         self.started_at_ms = _now_ms()
+        self._master_pid = os.getppid()
 
     def start(self) -> None:
         self._dir.mkdir(parents=True, exist_ok=True)
@@ -157,6 +161,10 @@ class WorkerSync:
 
     def _run(self) -> None:
         while not self._stop.is_set():
+            if os.getppid() != self._master_pid:
+                log.error("the server's master process is gone; this worker shuts down")
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
             try:
                 self._bundles.follow()
                 self._mirror_writer()

@@ -91,6 +91,8 @@ class ServerProcess:
         self.bundle = bundle
         self.log_path = log_path
         self.env = server_env(env, token=token)
+        # The shared RAM tier beside the data (not under /dev/shm): a test's SIGKILLed server leaves nothing behind.
+        self.env.setdefault("LIVERANK_SHARED_TIER_DIR", str(data_dir / "tier"))
         self.args = list(args)
         self.cwd = cwd or REPO_ROOT
         self.proc: subprocess.Popen[bytes] | None = None

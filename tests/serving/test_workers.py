@@ -1,0 +1,181 @@
+"""``liverank serve --workers 2``: real processes on one port, one writer, one shared RAM tier.
+
+A client hammers ranking while deltas (``?wait=visible``) and bundle swaps land; both workers answer (told apart by
+``X-Liverank-Worker``) and agree on the epoch after ``?wait=visible`` and on the bundle after a swap; metrics count
+every worker's requests once; a worker SIGKILLed under load is replaced, no acknowledged delta is lost, and nothing
+fails on the other worker nor after the replacement is ready.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from liverank.exporter.archive import archive_bundle
+from tests.reliability.conftest import (
+    ADMIN,
+    PRODUCER,
+    ServerProcess,
+    build_bundle,
+    stream_delta,
+)
+
+pytestmark = pytest.mark.slow
+
+WORKER = "x-liverank-worker"
+
+
+def rank_body(client: httpx.Client) -> dict[str, Any]:
+    manifest = client.get("/v1/model").json()["manifest"]
+    user: dict[str, Any] = {}
+    candidates: dict[str, Any] = {}
+    for feature in manifest["features"]:
+        value: Any = [1, 2] if feature["kind"] == "id_list" else 1
+        if feature["kind"] == "numeric":
+            value = 0.5
+        if feature["side"] == "user":
+            user[feature["name"]] = value
+        else:
+            candidates[feature["name"]] = [value, value, value]
+    return {"user": user, "candidates": candidates, "k": 2}
+
+
+class Hammer(threading.Thread):
+    """Ranks in a loop; records every answer's worker and failures (with the time they happened)."""
+
+    def __init__(self, url: str, body: dict[str, Any]) -> None:
+        super().__init__(daemon=True)
+        self.url, self.body = url, body
+        self.stop_flag = threading.Event()
+        self.by_worker: Counter[str] = Counter()
+        self.failures: list[tuple[float, str]] = []
+
+    def run(self) -> None:
+        while not self.stop_flag.is_set():
+            # A new connection every few requests: the kernel spreads connections over the workers.
+            with httpx.Client(base_url=self.url, timeout=30) as client:
+                for _ in range(5):
+                    try:
+                        answer = client.post("/v1/rank", json=self.body)
+                    except httpx.TransportError as exc:
+                        self.failures.append((time.monotonic(), repr(exc)))
+                        break
+                    if answer.status_code != 200:
+                        self.failures.append((time.monotonic(), f"{answer.status_code} {answer.text[:200]}"))
+                    else:
+                        self.by_worker[answer.headers[WORKER]] += 1
+
+    def stop(self) -> None:
+        self.stop_flag.set()
+        self.join(60)
+
+
+def answers_from_each_worker(client: httpx.Client, path: str, n_workers: int, **kwargs: Any) -> dict[str, Any]:
+    """One answer of ``path`` per worker (new connections until every worker answered)."""
+    seen: dict[str, Any] = {}
+    deadline = time.monotonic() + 60
+    while len(seen) < n_workers:
+        assert time.monotonic() < deadline, f"only workers {sorted(seen)} answered"
+        with httpx.Client(base_url=str(client.base_url), timeout=30) as fresh:
+            answer = fresh.get(path, **kwargs)
+        assert answer.status_code == 200, answer.text
+        seen[answer.headers[WORKER]] = answer.json()
+    return seen
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Any:
+    bundle = build_bundle(tmp_path / "bundle-1", "1")
+    with ServerProcess(tmp_path / "data", bundle, log_path=tmp_path / "server.log", args=["--workers", "2"]) as proc:
+        proc.start()
+        yield proc
+
+
+def test_two_workers_rank_take_deltas_and_swap_under_load(server: ServerProcess, tmp_path: Path) -> None:
+    with server.client() as client:
+        schema = client.get("/v1/model").json()["manifest"]["schema_hash"]
+        hammer = Hammer(server.url, rank_body(client))
+        hammer.start()
+        try:
+            for seq in range(1, 11):
+                answer = client.post("/admin/deltas?wait=visible", content=stream_delta(schema, seq), headers=ADMIN)
+                assert answer.status_code == 200, answer.text
+                assert answer.json()["epoch"]["sparse_seq"] == {PRODUCER: seq}
+                # Visible means visible in the shared tier: every worker serves it now.
+                epochs = answers_from_each_worker(client, "/v1/model", 2)
+                assert {str(e["epoch"]["sparse_seq"]) for e in epochs.values()} == {str({PRODUCER: seq})}, epochs
+            archive = archive_bundle(build_bundle(tmp_path / "bundle-2", "2", seed=1))
+            swapped = client.post("/admin/bundles", content=archive, headers=ADMIN)
+            assert swapped.status_code == 200, swapped.text
+            models = answers_from_each_worker(client, "/v1/model", 2)
+            assert {m["epoch"]["dense_version"] for m in models.values()} == {"2"}, models
+            rolled = client.post("/admin/rollback", headers=ADMIN)
+            assert rolled.status_code == 200, rolled.text
+            models = answers_from_each_worker(client, "/v1/model", 2)
+            assert {m["epoch"]["dense_version"] for m in models.values()} == {"1"}, models
+            status = answers_from_each_worker(client, "/admin/status", 2, headers=ADMIN)
+            for pid, body in status.items():
+                assert body["worker"] == int(pid)
+                assert sorted(w["pid"] for w in body["workers"]) == sorted(int(p) for p in status)
+                assert body["epoch"] == {"dense_version": "1", "sparse_seq": {PRODUCER: 10}}
+        finally:
+            hammer.stop()
+        assert not hammer.failures, hammer.failures[:3]
+        assert len(hammer.by_worker) == 2, hammer.by_worker
+        # Every request counted once across workers: the scrape sums both workers' files.
+        metrics = client.get("/metrics").text
+        ranked = sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in metrics.splitlines()
+            if line.startswith("liverank_request_duration_seconds_count")
+            and 'route="/v1/rank"' in line
+            and 'status="200"' in line
+        )
+        assert ranked == sum(hammer.by_worker.values())
+
+
+def test_a_killed_worker_is_replaced_and_loses_nothing(server: ServerProcess) -> None:
+    with server.client() as client:
+        schema = client.get("/v1/model").json()["manifest"]["schema_hash"]
+        hammer = Hammer(server.url, rank_body(client))
+        hammer.start()
+        try:
+            workers = answers_from_each_worker(client, "/healthz", 2)
+            victim, survivor = sorted(workers)
+            acked = []
+            for seq in range(1, 6):
+                assert client.post("/admin/deltas", content=stream_delta(schema, seq), headers=ADMIN).status_code in (
+                    200,
+                    202,
+                )
+                acked.append(seq)
+            killed_at = time.monotonic()
+            os.kill(int(victim), signal.SIGKILL)
+            # The replacement: a third pid answers, and the survivor kept answering.
+            deadline = time.monotonic() + 90
+            while True:
+                assert time.monotonic() < deadline, "the killed worker was not replaced"
+                pids = set(answers_from_each_worker(client, "/readyz", 2))
+                if victim not in pids and len(pids) == 2:
+                    break
+            replaced_at = time.monotonic()
+            for seq in range(6, 11):
+                answer = client.post("/admin/deltas?wait=visible", content=stream_delta(schema, seq), headers=ADMIN)
+                assert answer.status_code == 200, answer.text
+                acked.append(seq)
+            epochs = answers_from_each_worker(client, "/v1/model", 2)
+            assert {str(e["epoch"]["sparse_seq"]) for e in epochs.values()} == {str({PRODUCER: 10})}
+        finally:
+            hammer.stop()
+    # Requests in flight on the victim may fail (between the kill and its replacement being ready); none other.
+    late = [f for f in hammer.failures if not killed_at <= f[0] <= replaced_at]
+    assert not late, late[:3]
+    assert hammer.by_worker[survivor] > 0
