@@ -6,6 +6,12 @@ random delay, and opens the stopped store to check that every acknowledged delta
 applied one whole and once, nothing of a later one visible. The harness is ``tests/reliability/conftest.py``.
 
     .venv/bin/python scripts/kill9_series.py --trials 50 --out kill9-results
+    .venv/bin/python scripts/kill9_series.py --trials 50 --target worker --out kill9-worker   # or --target writer
+
+``--target``: what the SIGKILL hits: the whole ``server`` (master, writer and workers at once; the default), the
+``writer`` process, or one ``worker``; after a partial kill the server must replace the process and become ready
+again while the producer streams on, then the whole server is killed for the store check. ``--workers``: workers
+per server (default 2).
 
 writes ``kill9-results.json`` (every trial) and ``kill9-results.md`` (the outcome table); exits 1 on any violation.
 """
@@ -25,10 +31,11 @@ if str(REPO_ROOT) not in sys.path:
 from tests.reliability.conftest import Kill9Report, Kill9Trial, build_bundle, run_kill9_series  # noqa: E402
 
 
-def _markdown(report: Kill9Report, seed: int) -> str:
+def _markdown(report: Kill9Report, seed: int, target: str) -> str:
     summary = report.summary()
     lines = [
-        f"# kill -9 series: {summary['trials']} trials (seed {seed}, {summary['seconds']} s)",
+        f"# kill -9 series: {summary['trials']} trials, SIGKILL aimed at the {target} "
+        f"(seed {seed}, {summary['seconds']} s)",
         "",
         f"- acknowledged deltas: {summary['acked_deltas']}; final applied sequence {summary['final_applied_seq']}",
         f"- kills with acknowledged deltas still queued (acked, not yet applied): "
@@ -58,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("kill9-results"), help="path prefix of the .json and .md")
     parser.add_argument("--min-delay", type=float, default=0.05)
     parser.add_argument("--max-delay", type=float, default=1.0)
+    parser.add_argument("--target", choices=("server", "writer", "worker"), default="server")
+    parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args(argv)
 
     def progress(t: Kill9Trial) -> None:
@@ -78,10 +87,12 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed,
             delay_range_s=(args.min_delay, args.max_delay),
             progress=progress,
+            target=args.target,
+            workers=args.workers,
         )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps({"seed": args.seed, **report.to_json()}, indent=1) + "\n")
-    args.out.with_suffix(".md").write_text(_markdown(report, args.seed))
+    args.out.with_suffix(".md").write_text(_markdown(report, args.seed, args.target))
     print(json.dumps(report.summary(), indent=1))
     return 1 if report.violations else 0
 

@@ -19,6 +19,7 @@ import secrets
 import time
 from dataclasses import asdict, dataclass
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 
 from liverank.serving.metrics import Metrics
@@ -110,6 +111,10 @@ class WriterProcess:
         )
         self._process.start()
         receiver.close()  # the child has its own copy
+        if self._config.shared_tier_dir:
+            # Operators (and the kill -9 series) find the writer of a multi-process server here.
+            pid_file = Path(self._config.shared_tier_dir) / "writer.pid"
+            pid_file.write_text(f"{self._process.pid}\n")
 
     @property
     def alive(self) -> bool:

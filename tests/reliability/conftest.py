@@ -15,6 +15,7 @@ applied, and whether any is applied partly or twice (``check_store``).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import re
@@ -49,6 +50,22 @@ SHARED_AUTHOR_ID = 7
 KILL9_MAP_SIZE_BYTES = 1 << 30
 START_TIMEOUT_S = 90.0
 _PORT_LINE = re.compile(rb"Uvicorn running on http://127\.0\.0\.1:(\d+)")
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process under ``pid`` (children first found, then theirs), from /proc."""
+    out: list[int] = []
+    todo = [pid]
+    while todo:
+        parent = todo.pop()
+        for task in Path(f"/proc/{parent}/task").glob("*"):
+            try:
+                children = [int(c) for c in (task / "children").read_text().split()]
+            except OSError:
+                continue
+            out.extend(children)
+            todo.extend(children)
+    return out
 
 
 class ServerExited(RuntimeError):
@@ -173,12 +190,31 @@ class ServerProcess:
         return returncode
 
     def kill(self) -> None:
-        """SIGKILL: no shutdown code runs."""
+        """SIGKILL to the whole server (master, writer, workers at once, as an OOM kill of its cgroup would):
+        no shutdown code runs anywhere."""
         if self.proc is not None:
             if self.proc.poll() is None:
-                self.proc.send_signal(signal.SIGKILL)
+                for pid in [*descendants(self.proc.pid), self.proc.pid]:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
             self.proc.wait()
         self._close_log()
+
+    @property
+    def tier_dir(self) -> Path:
+        return Path(self.env["LIVERANK_SHARED_TIER_DIR"])
+
+    def writer_pid(self) -> int:
+        return int((self.tier_dir / "writer.pid").read_text())
+
+    def worker_pids(self) -> list[int]:
+        return sorted(int(p.stem) for p in (self.tier_dir / "workers").glob("*.json"))
+
+    def kill_part(self, target: str, rng: random.Random) -> int:
+        """SIGKILL one part of the running server: ``writer`` or a random ``worker``. Returns its pid."""
+        pid = self.writer_pid() if target == "writer" else rng.choice(self.worker_pids())
+        os.kill(pid, signal.SIGKILL)
+        return pid
 
     def stop(self, timeout_s: float = 30.0) -> int | None:
         """SIGTERM (uvicorn's graceful shutdown, the app's lifespan closes the store); SIGKILL if it hangs."""
@@ -423,8 +459,14 @@ def run_kill9_series(
     seed: int,
     delay_range_s: tuple[float, float] = (0.05, 1.0),
     progress: Callable[[Kill9Trial], None] | None = None,
+    target: str = "server",
+    workers: int = 2,
 ) -> Kill9Report:
-    """Start, stream, SIGKILL at a random moment, check the stopped store, restart, resume: ``trials`` times."""
+    """Start, stream, SIGKILL at a random moment, check the stopped store, restart, resume: ``trials`` times.
+
+    ``target``: ``server`` kills the whole server; ``writer`` or ``worker`` kills that one process, lets the server
+    replace it and become ready again while the producer keeps streaming, then kills the whole server for the check
+    (so an acknowledged delta lost by the partial kill shows up as a violation)."""
     rng = random.Random(seed)
     started = time.perf_counter()
     server = ServerProcess(
@@ -432,6 +474,7 @@ def run_kill9_series(
         bundle,
         log_path=workdir / "server.log",
         env={"LIVERANK_MAP_SIZE_BYTES": str(KILL9_MAP_SIZE_BYTES)},
+        args=["--workers", str(workers)],
     )
     acked: set[int] = set()
     results: list[Kill9Trial] = []
@@ -443,6 +486,13 @@ def run_kill9_series(
             producer = Producer(server.url, schema, resume)
             producer.start()
             time.sleep(delay_s)
+            if target != "server":
+                server.kill_part(target, rng)
+                try:
+                    server.wait_ready()
+                except RuntimeError as exc:
+                    bad.append(f"not ready again after the {target} was killed: {exc}")
+                time.sleep(rng.uniform(*delay_range_s))  # stream on against the repaired server
             server.kill()
             producer.stop()
             bad += producer.unexpected

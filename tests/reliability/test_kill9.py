@@ -31,3 +31,13 @@ def test_sigkill_while_streaming_loses_nothing_acknowledged_and_shows_nothing_pa
     assert summary["acked_deltas"] > KILL9_TRIALS  # the producer got going in the trials
     assert report.final_applied >= max(t.last_acked for t in report.trials)
     assert summary["gap_probes"] == len([t for t in report.trials if t.trial % 3 == 1])
+
+
+@pytest.mark.parametrize("target", ["writer", "worker"])
+def test_sigkill_of_one_process_of_the_server_loses_nothing_acknowledged(
+    tmp_path: Path, bundle_v1: Path, target: str
+) -> None:
+    """The writer or one worker killed under load: the server replaces it and streams on; nothing acked is lost."""
+    report = run_kill9_series(tmp_path, bundle_v1, trials=2, seed=7, target=target)
+    assert not report.violations, report.violations
+    assert report.final_applied >= max(t.last_acked for t in report.trials)
