@@ -120,6 +120,9 @@ def run_server(settings: Settings, log_level: str) -> int:
         watcher.join(5)
         writer.stop()
         shutil.rmtree(metrics_dir, ignore_errors=True)
+        # The tier lives in memory (/dev/shm): a stopped server must not keep it. The next start rebuilds it.
+        for leftover in [*tier.glob("seg-*"), tier / "control"]:
+            leftover.unlink(missing_ok=True)
     return 0
 
 

@@ -1,8 +1,8 @@
 """The shared RAM tier: one copy of the hot rows for every serving worker, built and published by the writer.
 
 Files (in one directory, ``/dev/shm/liverank-<store>`` by default): ``control`` names the live segment; a segment
-``seg-<id>`` holds a header (publish counter, slot layout), two epoch records, and per slot two hash-index copies
-over one row arena. The writer process maps them read-write; workers map them read-only (numpy views over
+``seg-<id>`` holds a header (publish counter, slot layout), two epoch records, and per slot a hash index with one
+keys array and two row-number copies, over one row arena. The writer process maps them read-write; workers map them read-only (numpy views over
 ``mmap``, probed and gathered by the compiled kernel).
 
 Invariants (tests/store/test_shared_tier.py checks them across processes):
@@ -20,7 +20,10 @@ Invariants (tests/store/test_shared_tier.py checks them across processes):
    repointed the other copy (rows freed by publish P are reused from publish P+1 on). A reader still on the old
    copy after P sees ``G`` change and retries, so it never trusts a row that is being reused.
 4. After the flip the inactive copy lags one publish: the next publish first replays the previous one's index
-   changes into it, then applies its own.
+   changes into it, then applies its own. Index entries are never removed (a deleted id points at row 0), and both
+   copies receive the same inserts in the same order, so they have the same occupied places: the copies share one
+   keys array. A new id's key is written at a place that is empty (row -1) in the active copy, where its readers
+   stop without looking at the key.
 5. Growth (arena or index full, a new slot): the writer builds a bigger segment beside the live one, then writes
    its id into ``control``. A segment is never written again once another is live; readers re-map when the id
    changes (the old file is unlinked, its memory freed when the last reader drops its map).
@@ -140,9 +143,10 @@ class _Segment:
                 return np.frombuffer(buf, dtype=dtype, count=count, offset=off[name])
 
             vectors = view("vectors", config.np_dtype, arena * config.dim).reshape(arena, config.dim)
+            keys = view("keys", np.uint64, cap)
             self.slots[config.name] = _SlotArrays(
                 config,
-                (view("keys0", np.uint64, cap), view("keys1", np.uint64, cap)),
+                (keys, keys),  # shared by both copies (invariant 4)
                 (view("rows0", np.int64, cap), view("rows1", np.int64, cap)),
                 vectors,
                 view("updated", np.int64, arena),
@@ -157,9 +161,8 @@ class _Segment:
         for config, cap, arena in slots.values():
             offsets = {}
             for name, size in (
-                ("keys0", cap * 8),
+                ("keys", cap * 8),
                 ("rows0", cap * 8),
-                ("keys1", cap * 8),
                 ("rows1", cap * 8),
                 ("vectors", arena * config.row_bytes),
                 ("updated", arena * 8),
