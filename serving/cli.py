@@ -2,7 +2,7 @@
 
 Settings come from ``LIVERANK_*`` environment variables; flags override them. The store and the live bundle are
 opened before the HTTP server starts, so a bad store directory or a broken bundle ends the command with one
-clear line and a non-zero exit code instead of a traceback.
+clear line and a non-zero exit code instead of a traceback (the ``liverank`` dispatcher prints the ``LiverankError``).
 """
 
 from __future__ import annotations
@@ -16,10 +16,8 @@ import uvicorn
 from pydantic import ValidationError
 
 from liverank.serving.api.app import create_app
-from liverank.serving.errors import ServingError
 from liverank.serving.services import Services, check_settings
 from liverank.serving.settings import Settings
-from liverank.store import StoreError
 
 log = logging.getLogger("liverank.serve")
 
@@ -52,9 +50,6 @@ def main(argv: list[str]) -> int:
     except ValidationError as exc:
         print(f"liverank serve: invalid settings: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}", file=sys.stderr)
         return 2
-    except (StoreError, ServingError) as exc:
-        print(f"liverank serve: cannot start: {exc.message}", file=sys.stderr)
-        return 2 if exc.code == "invalid_config" else 1
     except OSError as exc:
         print(f"liverank serve: cannot start: {exc}", file=sys.stderr)
         return 1
