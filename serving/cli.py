@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -16,8 +17,9 @@ import uvicorn
 from pydantic import ValidationError
 
 from liverank.serving.api.app import create_app
+from liverank.serving.errors import ConfigInvalid
 from liverank.serving.services import Services, check_settings
-from liverank.serving.settings import Settings
+from liverank.serving.settings import ENV_PREFIX, Settings, unknown_variables
 
 log = logging.getLogger("liverank.serve")
 
@@ -43,6 +45,12 @@ def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     overrides = {key: value for key, value in vars(args).items() if key != "log_level" and value is not None}
+    unknown = unknown_variables(os.environ)
+    if unknown:  # pydantic-settings would ignore them: a mistyped setting must not pass silently
+        raise ConfigInvalid(
+            f"unknown {ENV_PREFIX}* environment variables: {', '.join(unknown)} (not settings: see the configuration "
+            f"table in README.md)"
+        )
     try:
         settings = Settings(**overrides)
         check_settings(settings)
