@@ -16,7 +16,6 @@ from typing import NoReturn
 from liverank.exporter.archive import archive_bundle
 from liverank.exporter.examples import write_examples
 from liverank.exporter.synthetic import PRESETS, build_synthetic_bundle
-from liverank.store.errors import StoreError
 from liverank.store.manifest import MANIFEST_FILE, manifest_from_json
 from liverank.store.slots import MAX_DIM
 
@@ -99,7 +98,7 @@ def main(argv: list[str]) -> int:
             payload = archive_bundle(args.bundle)
             args.out.write_bytes(payload)
             print(f"wrote {args.out}: {len(payload)} bytes")
-    except (StoreError, OSError, ValueError) as exc:
+    except (OSError, ValueError) as exc:
         print(f"liverank export {args.command}: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -3,7 +3,8 @@
 
 Settings come from ``LIVERANK_*`` environment variables; flags override them (and are passed to the workers through
 the environment). The store and the live bundle are opened before any worker starts, so a bad store directory or a
-broken bundle ends the command with one clear line and a non-zero exit code instead of a traceback.
+broken bundle ends the command with one clear line and a non-zero exit code instead of a traceback (the ``liverank``
+dispatcher prints the ``LiverankError``).
 """
 
 from __future__ import annotations
@@ -16,11 +17,10 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from liverank.serving.errors import ServingError
+from liverank.serving.errors import ConfigInvalid
 from liverank.serving.server import prepare_server, run_server
 from liverank.serving.services import check_settings
-from liverank.serving.settings import Settings
-from liverank.store import StoreError
+from liverank.serving.settings import ENV_PREFIX, Settings, unknown_variables
 
 log = logging.getLogger("liverank.serve")
 
@@ -50,6 +50,12 @@ def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     overrides = {key: value for key, value in vars(args).items() if key != "log_level" and value is not None}
+    unknown = unknown_variables(os.environ)
+    if unknown:  # pydantic-settings would ignore them: a mistyped setting must not pass silently
+        raise ConfigInvalid(
+            f"unknown {ENV_PREFIX}* environment variables: {', '.join(unknown)} (not settings: see the configuration "
+            f"table in README.md)"
+        )
     try:
         settings = Settings(**overrides)
         check_settings(settings)
@@ -57,15 +63,12 @@ def main(argv: list[str]) -> int:
     except ValidationError as exc:
         print(f"liverank serve: invalid settings: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}", file=sys.stderr)
         return 2
-    except (StoreError, ServingError) as exc:
-        print(f"liverank serve: cannot start: {exc.message}", file=sys.stderr)
-        return 2 if exc.code == "invalid_config" else 1
     except OSError as exc:
         print(f"liverank serve: cannot start: {exc}", file=sys.stderr)
         return 1
     # The workers read their settings from the environment: flags become LIVERANK_* variables for them.
     for key, value in overrides.items():
-        os.environ[f"LIVERANK_{key.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
+        os.environ[f"{ENV_PREFIX}{key.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
     try:
         return run_server(settings, args.log_level)
     except KeyboardInterrupt:  # uvicorn shuts down cleanly on SIGINT, then re-raises it: nothing left to report

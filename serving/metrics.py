@@ -11,8 +11,12 @@ the applied sequence is the largest any process saw, values a scrape sets are th
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
+
+if TYPE_CHECKING:
+    from liverank.serving.ranker import RankResult
 
 # Ranking latency sits between ~1 ms and ~100 ms; the finer low buckets separate p50 from p99.
 _LATENCY_S = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0)
@@ -103,6 +107,19 @@ class Metrics:
         self.store_map_bytes = Gauge(
             "liverank_store_map_size_bytes", "Size of the LMDB map", registry=r, multiprocess_mode="livemostrecent"
         )
+
+    def record_rank(self, result: RankResult) -> None:
+        """Count and time one ranked request (lookup and dense time, ids and unseen ids by slot, embedding age)."""
+        self.lookup_seconds.observe(result.lookup_s)
+        self.dense_seconds.observe(result.dense_s)
+        self.lookup_source.labels(source=result.source).inc()
+        for slot, n in result.ids_by_slot.items():
+            self.lookup_ids.labels(slot=slot).inc(n)
+            unseen = result.unseen_by_slot.get(slot, 0)
+            if unseen:
+                self.unseen_ids.labels(slot=slot).inc(unseen)
+        if result.embedding_age_max_s is not None:
+            self.embedding_age_seconds.observe(result.embedding_age_max_s)
 
 
 def scrape_registry(registry: CollectorRegistry) -> CollectorRegistry:

@@ -1,7 +1,11 @@
-"""``Services``: every long-lived part of a server, opened and closed in one place (the app's lifespan owns it).
+"""``Services``: every long-lived part of a server, opened and closed in one place (the app's lifespan owns it),
+and the serving core's one entry point per operation (rank, push a delta, install or roll back a bundle, ...).
+Each operation does its own bookkeeping (metrics, the live-bundle gauge), so an HTTP route only parses the request,
+calls one method and writes the answer (as MLServer's DataPlane does).
 
 Opening order: store (LMDB + RAM tier warm-up), bundles (the last live bundle goes live again, or the configured
-start-up bundle), updater (drains what the inbox still holds). Closing runs in reverse.
+start-up bundle), the writer process and its follower (the writer drains what the inbox still holds, the follower
+brings this process's RAM tier along). Closing runs in reverse.
 """
 
 from __future__ import annotations
@@ -12,19 +16,21 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from prometheus_client import generate_latest
+
 from liverank.serving.bundles import BundleManager
 from liverank.serving.errors import ConfigInvalid
 from liverank.serving.follower import Follower
 from liverank.serving.intake import DeltaIntake
-from liverank.serving.metrics import Metrics
-from liverank.serving.model_slot import ModelSlot
-from liverank.serving.ranker import Ranker
+from liverank.serving.metrics import Metrics, scrape_registry
+from liverank.serving.model_slot import LiveModel, ModelSlot
+from liverank.serving.ranker import Ranker, RankResult
 from liverank.serving.request import Limits
 from liverank.serving.settings import LOOPBACK_HOSTS, Settings
-from liverank.serving.updater import Updater
 from liverank.serving.worker_sync import WorkerSync
 from liverank.serving.writer import WriterConfig, WriterProcess
 from liverank.store import EmbeddingStore, Inbox
+from liverank.store.manifest import manifest_to_json
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +46,15 @@ def check_settings(settings: Settings) -> None:
             raise ConfigInvalid(f"--open-admin is allowed only on a loopback host, not on {settings.host!r}")
 
 
+@dataclass(frozen=True)
+class DeltaReceipt:
+    """What became of a pushed delta: the answer's body, and whether it is settled (a duplicate, or visible to
+    ranking) or still queued."""
+
+    body: dict[str, Any]
+    settled: bool
+
+
 @dataclass
 class Services:
     settings: Settings
@@ -49,7 +64,7 @@ class Services:
     model_slot: ModelSlot
     bundles: BundleManager
     ranker: Ranker
-    updater: Updater | Follower | WorkerSync
+    follower: Follower | WorkerSync
     intake: DeltaIntake
     started_at_ms: int
 
@@ -91,10 +106,11 @@ class Services:
             live = bundles.install_dir(settings.bundle)
             metrics.bundle_swaps.labels(how="startup").inc()
         inbox = Inbox(store.lmdb, settings.inbox_max_depth)
-        updater: Updater | Follower | WorkerSync
+        store.follow_inline = False  # the follower thread catches up; ranking requests never pay for it
+        follower: Follower | WorkerSync
         if settings.role == "worker":
             # The server's master runs the one writer; this worker maps the tier it publishes.
-            updater = WorkerSync(
+            follower = WorkerSync(
                 store,
                 bundles,
                 model_slot,
@@ -102,30 +118,8 @@ class Services:
                 status_dir=settings.workers_path,
                 status_timeout_s=settings.status_timeout_s,
             )
-        elif settings.writer == "process":
-            store.follow_inline = False  # the follower thread catches up; ranking requests never pay for it
-            writer = WriterProcess(
-                WriterConfig(
-                    store_path=str(settings.store_path),
-                    map_size_bytes=settings.map_size_bytes,
-                    durability=settings.durability,
-                    inbox_max_depth=settings.inbox_max_depth,
-                    poll_s=settings.updater_poll_s,
-                    flush_interval_s=settings.flush_interval_s,
-                    sweep_interval_s=settings.sweep_interval_s,
-                    log_level=logging.getLogger().getEffectiveLevel(),
-                )
-            )
-            updater = Follower(store, writer, metrics, poll_s=settings.updater_poll_s)
         else:
-            updater = Updater(
-                store,
-                inbox,
-                metrics,
-                poll_s=settings.updater_poll_s,
-                flush_interval_s=settings.flush_interval_s,
-                sweep_interval_s=settings.sweep_interval_s,
-            )
+            follower = _standalone_follower(settings, store, metrics)
         limits = Limits(settings.max_candidates, settings.max_list_ids, settings.max_k)
         services = cls(
             settings=settings,
@@ -135,12 +129,12 @@ class Services:
             model_slot=model_slot,
             bundles=bundles,
             ranker=Ranker(store, model_slot, limits),
-            updater=updater,
-            intake=DeltaIntake(store, inbox, updater, metrics),
+            follower=follower,
+            intake=DeltaIntake(store, inbox, metrics),
             started_at_ms=time.time_ns() // 1_000_000,
         )
         services.note_live_bundle()
-        updater.start()
+        follower.start()
         log.info(
             "liverank ready to start in %.1f s: store %s, bundle %s",
             time.perf_counter() - started,
@@ -150,8 +144,84 @@ class Services:
         return services
 
     def close(self) -> None:
-        self.updater.stop()
+        self.follower.stop()
         self.store.close()
+
+    # --- operations: one per route, each with its bookkeeping -------------------------------------------------
+
+    def rank(self, doc: Any) -> RankResult:
+        """Rank one parsed request with the live model and record its metrics."""
+        result = self.ranker.rank(doc)
+        self.metrics.record_rank(result)
+        return result
+
+    def push_delta(self, payload: bytes, received_at_ms: int, *, wait_visible: bool) -> DeltaReceipt:
+        """Queue a delta (counted by outcome); with ``wait_visible``, answer once this process serves it or the
+        configured wait runs out."""
+        result = self.intake.submit(payload, received_at_ms)
+        body: dict[str, Any] = {"status": result.status, "producer": result.producer, "seq": result.seq}
+        if result.status == "duplicate":
+            return DeltaReceipt({**body, "epoch": self.epoch()}, settled=True)
+        if not wait_visible:
+            return DeltaReceipt({**body, "inbox_depth": result.depth}, settled=False)
+        if self.follower.wait_applied(result.producer, result.seq, self.settings.wait_visible_timeout_s):
+            return DeltaReceipt({**body, "status": "visible", "epoch": self.epoch()}, settled=True)
+        return DeltaReceipt({**body, "visible": False, "inbox_depth": self.inbox.depth()}, settled=False)
+
+    def install_bundle(self, archive: bytes) -> dict[str, Any]:
+        """Check, warm and swap in an uploaded bundle archive; the answer names the new live bundle."""
+        live = self.bundles.install_archive(archive)
+        self.metrics.bundle_swaps.labels(how="upload").inc()
+        return self._went_live_everywhere(live)
+
+    def rollback(self) -> dict[str, Any]:
+        """Make the previous bundle live again; the answer names it."""
+        live = self.bundles.rollback()
+        self.metrics.bundle_swaps.labels(how="rollback").inc()
+        return self._went_live_everywhere(live)
+
+    def _went_live_everywhere(self, live: LiveModel) -> dict[str, Any]:
+        """The answer once every worker of the server serves ``live`` (each loads and warms it, then swaps). Status
+        ``live_here`` if some worker has not within ``swap_wait_s`` (it keeps trying: the record names the bundle)."""
+        sync = self.follower
+        if isinstance(sync, WorkerSync) and not sync.wait_all_serving(live.bundle_id, self.settings.swap_wait_s):
+            pending = [w["pid"] for w in sync.workers() if w.get("bundle_id") != live.bundle_id]
+            return {"status": "live_here", "bundle_id": live.bundle_id, "workers_pending": pending}
+        return self._went_live(live)
+
+    def model_info(self) -> dict[str, Any]:
+        """The live bundle's manifest (what ranking accepts) and the epoch; ``NoBundle`` if none is live."""
+        live = self.model_slot.current()
+        return {"bundle_id": live.bundle_id, "manifest": manifest_to_json(live.manifest), "epoch": self.epoch()}
+
+    def metrics_text(self) -> bytes:
+        """The Prometheus exposition, with the store's gauges read now."""
+        stats = self.store.stats()
+        for slot, rows in stats.rows_by_slot.items():
+            self.metrics.store_rows.labels(slot=slot).set(rows)
+        self.metrics.store_used_bytes.set(stats.used_bytes)
+        self.metrics.store_map_bytes.set(stats.map_size_bytes)
+        self.metrics.inbox_depth.set(self.inbox.depth())
+        return generate_latest(scrape_registry(self.metrics.registry))
+
+    @property
+    def alive(self) -> bool:
+        """The writer process and its follower run (liveness; readiness also needs a live bundle)."""
+        return self.follower.alive
+
+    def _went_live(self, live: LiveModel) -> dict[str, Any]:
+        self.note_live_bundle()
+        m = live.manifest
+        return {
+            "status": "live",
+            "bundle_id": live.bundle_id,
+            "model": m.model,
+            "version": m.version,
+            "schema_hash": m.schema_hash,
+            "epoch": self.epoch(),
+        }
+
+    # --- state ----------------------------------------------------------------------------------------------
 
     def note_live_bundle(self) -> None:
         """Point the bundle-info metric at the live bundle."""
@@ -166,7 +236,7 @@ class Services:
     def epoch(self) -> dict[str, Any]:
         live = self.model_slot.live
         # A worker names what the shared tier serves (the same in every worker), not what LMDB has committed.
-        seqs = self.store.served_epoch()[1] if isinstance(self.updater, WorkerSync) else self.store.applied_seqs()
+        seqs = self.store.served_epoch()[1] if isinstance(self.follower, WorkerSync) else self.store.applied_seqs()
         return {"dense_version": None if live is None else live.version, "sparse_seq": seqs}
 
     def status(self) -> dict[str, Any]:
@@ -175,8 +245,8 @@ class Services:
             "epoch": self.epoch(),
             "applied_seq": stats.applied_seq,
             "inbox_depth": self.inbox.depth(),
-            "last_apply_ms": self.updater.last_apply_ms,
-            "push_to_visible": self.updater.push_to_visible_summary(),
+            "last_apply_ms": self.follower.last_apply_ms,
+            "push_to_visible": self.follower.push_to_visible_summary(),
             "ready": self.ready()[0],
             "store": {
                 "generation": stats.generation,
@@ -197,13 +267,13 @@ class Services:
 
     def _server_status(self) -> dict[str, Any]:
         """Per-server parts (multi-process server): this worker, every live worker, the writer, the shared tier."""
-        if not isinstance(self.updater, WorkerSync):
+        if not isinstance(self.follower, WorkerSync):
             return {}
         tier = self.store.shared_tier
         return {
             "worker": os.getpid(),
-            "workers": self.updater.workers(),
-            "writer": self.updater.writer_status,
+            "workers": self.follower.workers(),
+            "writer": self.follower.writer_status,
             "shared_tier": {
                 "directory": str(self.settings.tier_path),
                 "retries_here": 0 if tier is None else tier.retries,
@@ -214,10 +284,27 @@ class Services:
     def ready(self) -> tuple[bool, str]:
         if self.model_slot.live is None:
             return False, "no bundle is live"
-        if not self.updater.drained_at_start.is_set():
+        if not self.follower.drained_at_start.is_set():
             return False, "applying the deltas queued before start-up"
-        if not self.updater.alive:
-            return False, "the updater (writer process or its follower) has stopped"
-        if isinstance(self.updater, WorkerSync) and not self.updater.writer_alive:
+        if not self.follower.alive:
+            return False, "the writer process or its follower has stopped"
+        if isinstance(self.follower, WorkerSync) and not self.follower.writer_alive:
             return False, "the server's writer process is not running"
         return True, "ready"
+
+
+def _standalone_follower(settings: Settings, store: EmbeddingStore, metrics: Metrics) -> Follower:
+    """An app on its own (no ``liverank serve`` master): a writer process of its own, followed into its RAM tier."""
+    writer = WriterProcess(
+        WriterConfig(
+            store_path=str(settings.store_path),
+            map_size_bytes=settings.map_size_bytes,
+            durability=settings.durability,
+            inbox_max_depth=settings.inbox_max_depth,
+            poll_s=settings.updater_poll_s,
+            flush_interval_s=settings.flush_interval_s,
+            sweep_interval_s=settings.sweep_interval_s,
+            log_level=logging.getLogger().getEffectiveLevel(),
+        )
+    )
+    return Follower(store, writer, metrics, poll_s=settings.updater_poll_s)

@@ -2,8 +2,8 @@
 
 Files (in one directory, ``/dev/shm/liverank-<store>`` by default): ``control`` names the live segment; a segment
 ``seg-<id>`` holds a header (publish counter, slot layout), two epoch records, and per slot a hash index with one
-keys array and two row-number copies, over one row arena. The writer process maps them read-write; workers map them read-only (numpy views over
-``mmap``, probed and gathered by the compiled kernel).
+keys array and two row-number copies, over one row arena. The writer process maps them read-write; workers map
+them read-only (numpy views over ``mmap``, probed and gathered by the compiled kernel).
 
 Invariants (tests/store/test_shared_tier.py checks them across processes):
 

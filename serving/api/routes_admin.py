@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Any, Literal
 
@@ -13,9 +14,7 @@ from starlette.responses import Response
 from liverank.serving.api.auth import require_admin
 from liverank.serving.api.body import read_body
 from liverank.serving.api.errors import error_responses
-from liverank.serving.model_slot import LiveModel
 from liverank.serving.services import Services
-from liverank.serving.worker_sync import WorkerSync
 
 router = APIRouter(prefix="/admin", dependencies=[Depends(require_admin)], responses=error_responses(401, 403))
 
@@ -44,33 +43,10 @@ async def push_delta(request: Request, wait: Literal["visible"] | None = Query(N
     services: Services = request.app.state.services
     received_at_ms = time.time_ns() // 1_000_000
     body = await read_body(request, services.settings.max_delta_body_bytes)
-    result = await run_in_threadpool(services.intake.submit, body, received_at_ms)
-    answer: dict[str, Any] = {"status": result.status, "producer": result.producer, "seq": result.seq}
-    if result.status == "duplicate":
-        return _json({**answer, "epoch": services.epoch()}, 200)
-    if wait == "visible":
-        visible = await run_in_threadpool(
-            services.updater.wait_applied, result.producer, result.seq, services.settings.wait_visible_timeout_s
-        )
-        if visible:
-            return _json({**answer, "status": "visible", "epoch": services.epoch()}, 200)
-        return _json({**answer, "visible": False, "inbox_depth": services.inbox.depth()}, 202)
-    return _json({**answer, "inbox_depth": result.depth}, 202)
-
-
-def _live_answer(services: Services, live: LiveModel) -> Response:
-    services.note_live_bundle()
-    m = live.manifest
-    return _json(
-        {
-            "status": "live",
-            "bundle_id": live.bundle_id,
-            "model": m.model,
-            "version": m.version,
-            "schema_hash": m.schema_hash,
-            "epoch": services.epoch(),
-        }
+    receipt = await run_in_threadpool(
+        functools.partial(services.push_delta, body, received_at_ms, wait_visible=wait == "visible")
     )
+    return _json(receipt.body, 200 if receipt.settled else 202)
 
 
 @router.post(
@@ -84,29 +60,18 @@ def _live_answer(services: Services, live: LiveModel) -> Response:
 async def upload_bundle(request: Request) -> Response:
     services: Services = request.app.state.services
     body = await read_body(request, services.settings.max_bundle_bytes)
-    live = await run_in_threadpool(services.bundles.install_archive, body)
-    services.metrics.bundle_swaps.labels(how="upload").inc()
-    return await _answer_when_everywhere(services, live)
+    return _swap_answer(await run_in_threadpool(services.install_bundle, body))
 
 
 @router.post("/rollback", summary="Make the previous bundle live again", responses=error_responses(409, 422))
 async def rollback(request: Request) -> Response:
     services: Services = request.app.state.services
-    live = await run_in_threadpool(services.bundles.rollback)
-    services.metrics.bundle_swaps.labels(how="rollback").inc()
-    return await _answer_when_everywhere(services, live)
+    return _swap_answer(await run_in_threadpool(services.rollback))
 
 
-async def _answer_when_everywhere(services: Services, live: LiveModel) -> Response:
-    """200 once every worker of the server serves ``live`` (each loads and warms it, then swaps); 202 if some
-    worker has not within ``swap_wait_s`` (it keeps trying: the record names the bundle)."""
-    sync = services.updater
-    if isinstance(sync, WorkerSync):
-        everywhere = await run_in_threadpool(sync.wait_all_serving, live.bundle_id, services.settings.swap_wait_s)
-        if not everywhere:
-            pending = [w["pid"] for w in sync.workers() if w.get("bundle_id") != live.bundle_id]
-            return _json({"status": "live_here", "bundle_id": live.bundle_id, "workers_pending": pending}, 202)
-    return _live_answer(services, live)
+def _swap_answer(body: dict[str, Any]) -> Response:
+    """200 once every worker serves the new bundle; 202 while some worker has not caught up."""
+    return _json(body, 200 if body["status"] == "live" else 202)
 
 
 @router.get("/status", summary="Epoch, sequences, inbox, freshness, store stats, bundle history")
