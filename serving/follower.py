@@ -12,10 +12,8 @@ import threading
 import time
 from typing import Any
 
-from prometheus_client import Counter
-
 from liverank.serving.freshness import Freshness
-from liverank.serving.metrics import Metrics
+from liverank.serving.metrics import Metrics, add_new
 from liverank.serving.writer import STATUS_RECORD, WriterProcess
 from liverank.store import EmbeddingStore
 
@@ -99,20 +97,11 @@ class Follower:
             self._seen_token = self._writer.token
             self._failures_seen.clear()
             self._expired_seen.clear()
-        _add_new(status.get("failures", {}), self._failures_seen, self._metrics.updater_failures, "kind")
-        _add_new(status.get("expired_by_slot", {}), self._expired_seen, self._metrics.rows_expired, "slot")
+        add_new(status.get("failures", {}), self._failures_seen, self._metrics.updater_failures, "kind")
+        add_new(status.get("expired_by_slot", {}), self._expired_seen, self._metrics.rows_expired, "slot")
         if status.get("drained_at_start") and not self.drained_at_start.is_set():
             self._follow()  # serve what the writer applied before calling this process ready
             self.drained_at_start.set()
 
     def push_to_visible_summary(self) -> dict[str, float | int | None]:
         return self.freshness.summary()
-
-
-def _add_new(totals: dict[str, int], seen: dict[str, int], counter: Counter, label: str) -> None:
-    """Add to ``counter`` what the writer's running ``totals`` (by label value) grew by since last seen."""
-    for value, total in totals.items():
-        new = total - seen.get(value, 0)
-        if new > 0:
-            counter.labels(**{label: value}).inc(new)
-        seen[value] = total

@@ -122,6 +122,15 @@ class Metrics:
             self.embedding_age_seconds.observe(result.embedding_age_max_s)
 
 
+def add_new(totals: dict[str, int], seen: dict[str, int], counter: Counter, label: str) -> None:
+    """Add to ``counter`` what the writer's running ``totals`` (by label value) grew by since last seen."""
+    for value, total in totals.items():
+        new = total - seen.get(value, 0)
+        if new > 0:
+            counter.labels(**{label: value}).inc(new)
+        seen[value] = total
+
+
 def scrape_registry(registry: CollectorRegistry) -> CollectorRegistry:
     """What a scrape reports: every process's values when the server runs several (multiprocess mode), else this
     app's registry."""

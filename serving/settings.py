@@ -47,6 +47,8 @@ OTHER_COMMANDS_VARIABLES = frozenset(
         "LIVERANK_CRASH_TRIALS",
         "LIVERANK_KILL9_TRIALS",
         "LIVERANK_SWAP_TRIALS",
+        # the shared tier's test-only seam: the writer stalls mid-publish so a test can SIGKILL it there
+        "LIVERANK_TIER_TEST_STALL_AT_GENERATION",
     }
 )
 

@@ -60,6 +60,9 @@ class Updater:
         self.deltas_applied = 0
         self.rows_applied = 0
         self.publish_window_s = 0.0  # the last shared-tier publish (writer process with a shared tier)
+        # (producer, seq, rows, received_at_ms, visible_at_ms) of applied deltas, for a server's writer to turn into
+        # metrics (``WriterMetrics``): with a shared tier a delta is visible to every worker once applied here.
+        self.applied_log: collections.deque[tuple[str, int, int, int, int]] = collections.deque(maxlen=4096)
 
     # --- lifecycle ----------------------------------------------------------------------------------------------
 
@@ -147,6 +150,7 @@ class Updater:
             self.deltas_applied += 1
             self.rows_applied += result.rows_written
             self.last_apply_ms = now_ms
+            self.applied_log.append((entry.producer, entry.seq, result.rows_written, entry.received_at_ms, now_ms))
         return True
 
     def _fail(self, kind: str) -> None:

@@ -23,6 +23,8 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from liverank.serving.freshness import Freshness
+from liverank.serving.metrics import Metrics, add_new
 from liverank.serving.updater import Updater
 from liverank.store import EmbeddingStore, Inbox
 
@@ -68,23 +70,51 @@ def _writer_main(config: dict[str, Any], stop: Connection, token: int, parent_pi
             sweep_interval_s=cfg.sweep_interval_s,
         )
         updater.start()
+        # A server's writer (shared tier) reports what it applied in the server's metrics itself: it is where
+        # deltas become visible to every worker. A standalone app's follower does that in the app's process.
+        mirror = WriterMetrics(store) if store.publisher is not None else None
         # ``stop`` is the read end of a pipe: readable when the server asks us to stop, or at EOF when the server
         # is gone. (A multiprocessing.Event would not do: a process killed while holding its lock blocks it.)
         while not stop.poll(_STATUS_INTERVAL_S):
             if store.publisher is not None:
                 updater.publish_window_s = store.publisher.last_publish_window_s
+            extra = mirror.update(updater) if mirror is not None else {}
             if os.getppid() != parent_pid:
                 # The server died without stopping us (SIGKILL): a writer must not outlive its server, whose
                 # restart starts a writer of its own.
                 log.error("the server process is gone; the writer exits")
                 break
-            store.lmdb.put_app_record(STATUS_RECORD, {**updater.status_record(), "token": token})
+            store.lmdb.put_app_record(STATUS_RECORD, {**updater.status_record(), **extra, "token": token})
             if not updater.alive:
                 log.error("the writer's updater thread stopped; the writer exits so that the server restarts it")
                 break
         updater.stop()
     finally:
         store.close()
+
+
+class WriterMetrics:
+    """The writer of a multi-process server: its updater's progress into the server's (multiprocess) metrics."""
+
+    def __init__(self, store: EmbeddingStore) -> None:
+        self._metrics = Metrics()
+        self._freshness = Freshness(store, self._metrics)
+        self._failures_seen: dict[str, int] = {}
+        self._expired_seen: dict[str, int] = {}
+
+    def update(self, updater: Updater) -> dict[str, Any]:
+        """Record what was applied since the last call; returns status-record fields (push-to-visible summary)."""
+        m = self._metrics
+        while updater.applied_log:
+            producer, seq, rows, received_at_ms, visible_at_ms = updater.applied_log.popleft()
+            if received_at_ms > 0:
+                self._freshness.visible(received_at_ms, visible_at_ms)
+            m.applied_sequence.labels(producer=producer).set(seq)
+            m.deltas_applied.inc()
+            m.delta_rows_applied.inc(rows)
+        add_new(dict(updater.failures), self._failures_seen, m.updater_failures, "kind")
+        add_new(dict(updater.expired_by_slot), self._expired_seen, m.rows_expired, "slot")
+        return {"push_to_visible": self._freshness.summary()}
 
 
 class WriterProcess:

@@ -140,6 +140,13 @@ def test_two_workers_rank_take_deltas_and_swap_under_load(server: ServerProcess,
             and 'status="200"' in line
         )
         assert ranked == sum(hammer.by_worker.values())
+        # Deltas are counted once, by the writer (where they become visible to every worker).
+        values = {
+            line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines() if line[:1] != "#"
+        }
+        assert values["liverank_deltas_applied_total"] == 10
+        assert values["liverank_push_to_visible_seconds_count"] == 10
+        assert values[f'liverank_applied_sequence{{producer="{PRODUCER}"}}'] == 10
 
 
 def test_a_killed_worker_is_replaced_and_loses_nothing(server: ServerProcess) -> None:
