@@ -95,6 +95,7 @@ def run_server(settings: Settings, log_level: str) -> int:
     shutil.rmtree(settings.workers_path, ignore_errors=True)
     settings.workers_path.mkdir(parents=True)
     os.environ["LIVERANK_ROLE"] = "worker"
+    os.environ["LIVERANK_MASTER_PID"] = str(os.getpid())
     os.environ["LIVERANK_SHARED_TIER_DIR"] = str(tier)
     before = read_control(tier)
     writer = WriterProcess(writer_config(settings))

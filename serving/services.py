@@ -117,6 +117,7 @@ class Services:
                 metrics,
                 status_dir=settings.workers_path,
                 status_timeout_s=settings.status_timeout_s,
+                master_pid=settings.master_pid,
             )
         else:
             follower = _standalone_follower(settings, store, metrics)

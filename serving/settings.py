@@ -110,6 +110,9 @@ class Settings(BaseSettings):
         description="set by `liverank serve` for its workers (they map the shared tier; the server runs one "
         "writer); standalone: an app with its own writer process and RAM tier (tests, embedding)",
     )
+    master_pid: int | None = Field(
+        None, description="set by `liverank serve` for its workers: they end when this process is gone"
+    )
     status_timeout_s: float = Field(
         3.0, gt=0, description="a worker whose heartbeat is older than this no longer counts as serving"
     )

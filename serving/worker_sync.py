@@ -83,6 +83,7 @@ class WorkerSync:
         *,
         status_dir: Path,
         status_timeout_s: float,
+        master_pid: int | None = None,
     ) -> None:
         self._store = store
         self._bundles = bundles
@@ -98,7 +99,8 @@ class WorkerSync:
         self.writer_status: dict[str, Any] = {}
         self.freshness = Freshness(store, metrics)
         self.started_at_ms = _now_ms()
-        self._master_pid = os.getppid()
+        # From the master itself: a worker still starting when the master died would see init as its parent.
+        self._master_pid = master_pid if master_pid is not None else os.getppid()
 
     def start(self) -> None:
         self._dir.mkdir(parents=True, exist_ok=True)
