@@ -59,6 +59,16 @@ class Metrics:
             ["source"],
             registry=r,
         )
+        self.tier_retries = Counter(
+            "liverank_shared_tier_retries_total",
+            "Shared-tier reads redone because a publish overlapped them (the normal way past a publish)",
+            registry=r,
+        )
+        self.tier_fallbacks = Counter(
+            "liverank_shared_tier_fallbacks_total",
+            "Lookups answered wholly from LMDB although the shared tier exists (retries ran out, or it was behind)",
+            registry=r,
+        )
         self.embedding_age_seconds = Histogram(
             "liverank_embedding_age_seconds",
             "Oldest last-update age among the rows of one ranking answer",

@@ -27,7 +27,7 @@ import uvicorn
 from liverank.serving.bundles import BundleManager
 from liverank.serving.model_slot import ModelSlot
 from liverank.serving.settings import Settings
-from liverank.serving.writer import STATUS_RECORD, WriterConfig, WriterProcess
+from liverank.serving.writer import STATUS_RECORD, WriterProcess, writer_config
 from liverank.store import EmbeddingStore
 from liverank.store.shared_tier import read_control
 
@@ -60,21 +60,6 @@ def prepare_server(settings: Settings) -> str | None:
         store.close()
 
 
-def writer_config(settings: Settings) -> WriterConfig:
-    return WriterConfig(
-        store_path=str(settings.store_path),
-        map_size_bytes=settings.map_size_bytes,
-        durability=settings.durability,
-        inbox_max_depth=settings.inbox_max_depth,
-        poll_s=settings.updater_poll_s,
-        flush_interval_s=settings.flush_interval_s,
-        sweep_interval_s=settings.sweep_interval_s,
-        log_level=logging.getLogger().getEffectiveLevel(),
-        shared_tier_dir=str(settings.tier_path),
-        ram_budget_rows=settings.ram_budget_rows,
-    )
-
-
 def _watch_writer(writer: WriterProcess, stop: threading.Event) -> None:
     while not stop.wait(_WATCH_S):
         if not writer.alive:
@@ -98,7 +83,7 @@ def run_server(settings: Settings, log_level: str) -> int:
     os.environ["LIVERANK_MASTER_PID"] = str(os.getpid())
     os.environ["LIVERANK_SHARED_TIER_DIR"] = str(tier)
     before = read_control(tier)
-    writer = WriterProcess(writer_config(settings))
+    writer = WriterProcess(writer_config(settings, shared_tier=True))
     writer.start()
     stop = threading.Event()
     watcher = threading.Thread(target=_watch_writer, args=(writer, stop), name="liverank-writer-watch", daemon=True)

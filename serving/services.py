@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client import generate_latest
@@ -28,7 +29,7 @@ from liverank.serving.ranker import Ranker, RankResult
 from liverank.serving.request import Limits
 from liverank.serving.settings import LOOPBACK_HOSTS, Settings
 from liverank.serving.worker_sync import WorkerSync
-from liverank.serving.writer import WriterConfig, WriterProcess
+from liverank.serving.writer import WriterProcess, writer_config
 from liverank.store import EmbeddingStore, Inbox
 from liverank.store.manifest import manifest_to_json
 
@@ -67,6 +68,8 @@ class Services:
     follower: Follower | WorkerSync
     intake: DeltaIntake
     started_at_ms: int
+    _tier_seen: tuple[int, int] = (0, 0)
+    _tier_lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
     def open(cls, settings: Settings) -> Services:
@@ -154,7 +157,23 @@ class Services:
         """Rank one parsed request with the live model and record its metrics."""
         result = self.ranker.rank(doc)
         self.metrics.record_rank(result)
+        self._count_tier_events()
         return result
+
+    def _count_tier_events(self) -> None:
+        """Shared-tier retries and fallbacks since the last request, into the metrics (a worker of a server)."""
+        tier = self.store.shared_tier
+        if tier is None:
+            return
+        seen = (tier.retries, self.store.tier_fallbacks)
+        if seen != self._tier_seen:
+            with self._tier_lock:
+                retries, fallbacks = self._tier_seen
+                self._tier_seen = seen
+            if seen[0] > retries:
+                self.metrics.tier_retries.inc(seen[0] - retries)
+            if seen[1] > fallbacks:
+                self.metrics.tier_fallbacks.inc(seen[1] - fallbacks)
 
     def push_delta(self, payload: bytes, received_at_ms: int, *, wait_visible: bool) -> DeltaReceipt:
         """Queue a delta (counted by outcome); with ``wait_visible``, answer once this process serves it or the
@@ -296,16 +315,5 @@ class Services:
 
 def _standalone_follower(settings: Settings, store: EmbeddingStore, metrics: Metrics) -> Follower:
     """An app on its own (no ``liverank serve`` master): a writer process of its own, followed into its RAM tier."""
-    writer = WriterProcess(
-        WriterConfig(
-            store_path=str(settings.store_path),
-            map_size_bytes=settings.map_size_bytes,
-            durability=settings.durability,
-            inbox_max_depth=settings.inbox_max_depth,
-            poll_s=settings.updater_poll_s,
-            flush_interval_s=settings.flush_interval_s,
-            sweep_interval_s=settings.sweep_interval_s,
-            log_level=logging.getLogger().getEffectiveLevel(),
-        )
-    )
+    writer = WriterProcess(writer_config(settings, shared_tier=False))
     return Follower(store, writer, metrics, poll_s=settings.updater_poll_s)

@@ -25,6 +25,7 @@ from typing import Any
 
 from liverank.serving.freshness import Freshness
 from liverank.serving.metrics import Metrics, add_new
+from liverank.serving.settings import Settings
 from liverank.serving.updater import Updater
 from liverank.store import EmbeddingStore, Inbox
 
@@ -48,6 +49,23 @@ class WriterConfig:
     log_level: int
     shared_tier_dir: str | None = None  # set: this writer builds and publishes the shared RAM tier there
     ram_budget_rows: int = 0
+
+
+def writer_config(settings: Settings, *, shared_tier: bool) -> WriterConfig:
+    """The writer's configuration from the server's settings; ``shared_tier``: it publishes the shared RAM tier
+    (a ``liverank serve`` server), else it only writes LMDB (a standalone app follows it into its own tier)."""
+    return WriterConfig(
+        store_path=str(settings.store_path),
+        map_size_bytes=settings.map_size_bytes,
+        durability=settings.durability,
+        inbox_max_depth=settings.inbox_max_depth,
+        poll_s=settings.updater_poll_s,
+        flush_interval_s=settings.flush_interval_s,
+        sweep_interval_s=settings.sweep_interval_s,
+        log_level=logging.getLogger().getEffectiveLevel(),
+        shared_tier_dir=str(settings.tier_path) if shared_tier else None,
+        ram_budget_rows=settings.ram_budget_rows,
+    )
 
 
 def _writer_main(config: dict[str, Any], stop: Connection, token: int, parent_pid: int) -> None:

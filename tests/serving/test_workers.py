@@ -147,6 +147,10 @@ def test_two_workers_rank_take_deltas_and_swap_under_load(server: ServerProcess,
         assert values["liverank_deltas_applied_total"] == 10
         assert values["liverank_push_to_visible_seconds_count"] == 10
         assert values[f'liverank_applied_sequence{{producer="{PRODUCER}"}}'] == 10
+        # Complete tier, every delta published whole: no lookup fell back to LMDB.
+        assert values.get("liverank_shared_tier_fallbacks_total", 0) == 0
+        assert values.get('liverank_lookups_total{source="lmdb"}', 0) == 0
+        assert values['liverank_lookups_total{source="ram"}'] == sum(hammer.by_worker.values())
 
 
 def test_a_killed_worker_is_replaced_and_loses_nothing(server: ServerProcess) -> None:
