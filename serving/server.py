@@ -1,7 +1,7 @@
 """One server on one machine: the master process, one writer process and N worker processes on one port.
 
 The master (``liverank serve``) prepares what is per server, then hands the port to uvicorn's own process manager
-(``uvicorn.run(..., workers=N)``: it restarts a worker that dies and, on SIGTERM, lets every worker drain its
+(``uvicorn.supervisors.Multiprocess``: it restarts a worker that dies and, on SIGTERM, lets every worker drain its
 in-flight requests):
 
 1. the live bundle: restored or installed once here (N workers starting at once must not each install it);
@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import uvicorn
+from uvicorn.supervisors import Multiprocess
 
 from liverank.serving.bundles import BundleManager
 from liverank.serving.model_slot import ModelSlot
@@ -90,7 +91,7 @@ def run_server(settings: Settings, log_level: str) -> int:
     watcher.start()
     try:
         _wait_for_tier(tier, before)
-        uvicorn.run(
+        config = uvicorn.Config(
             WORKER_APP,
             factory=True,
             host=settings.host,
@@ -101,6 +102,9 @@ def run_server(settings: Settings, log_level: str) -> int:
             lifespan="on",
             timeout_graceful_shutdown=30,
         )
+        # uvicorn's supervisor even for one worker (``uvicorn.run`` would serve one in this process): the worker is
+        # replaced if it dies, and the master stays a small process that only supervises.
+        Multiprocess(config, sockets=[config.bind_socket()]).run()
     finally:
         stop.set()
         watcher.join(5)
