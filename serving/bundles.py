@@ -63,6 +63,7 @@ class BundleManager:
         self._onnx_threads = onnx_threads
         self._keep = keep
         self._max_bundle_bytes = max_bundle_bytes
+        self._unloadable: set[str] = set()  # recorded bundles ``follow`` found broken
         self.root.mkdir(parents=True, exist_ok=True)
         # A worker of a multi-process server leaves them alone: another worker may be unpacking an upload.
         for stale in self.root.glob(".incoming-*") if clean_incoming else ():
@@ -169,9 +170,17 @@ class BundleManager:
         live = self._slot.live
         if record.live is None or (live is not None and live.bundle_id == record.live):
             return None
+        if record.live in self._unloadable:
+            return None  # logged once; a new upload or rollback changes the record
         with self._slot.swap_lock:
-            bundle = load_bundle_dir(self.root / record.live)
-            runner = self._prepare(bundle)
+            try:
+                bundle = load_bundle_dir(self.root / record.live)
+                runner = self._prepare(bundle)
+            except BundleInvalid as exc:
+                # The master found it broken too and logged why; this worker serves unready (or the bundle it has).
+                self._unloadable.add(record.live)
+                log.error("bundle %s cannot go live in this worker: %s", record.live, exc.message)
+                return None
             self._store.refresh_config()
             new = LiveModel(record.live, bundle, runner, time.time_ns() // 1_000_000)
             if self._slot.replace(new) is not None:

@@ -14,6 +14,7 @@ in-flight requests):
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import shutil
@@ -21,6 +22,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 from uvicorn.supervisors import Multiprocess
@@ -67,6 +69,20 @@ def _watch_writer(writer: WriterProcess, stop: threading.Event) -> None:
             writer.restart()
 
 
+def _log_config(log_level: str) -> dict[str, Any]:
+    """uvicorn's logging configuration plus the root logger (liverank's and libraries' loggers), applied in every
+    worker (spawned interpreters do not inherit the master's ``logging.basicConfig``)."""
+    config: dict[str, Any] = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
+    config["formatters"]["liverank"] = {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}
+    config["handlers"]["liverank"] = {
+        "formatter": "liverank",
+        "class": "logging.StreamHandler",
+        "stream": "ext://sys.stderr",
+    }
+    config["root"] = {"handlers": ["liverank"], "level": log_level.upper()}  # as ``logging.basicConfig`` does
+    return config
+
+
 def _fresh_metrics_dir() -> Path:
     path = Path(tempfile.mkdtemp(prefix="liverank-metrics-"))
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)
@@ -101,10 +117,15 @@ def run_server(settings: Settings, log_level: str) -> int:
             access_log=False,
             lifespan="on",
             timeout_graceful_shutdown=30,
+            log_config=_log_config(log_level),
         )
+        sock = config.bind_socket()
+        # Listening from now on: connections wait in the backlog until a worker accepts them, not refused while
+        # the workers start.
+        sock.listen(config.backlog)
         # uvicorn's supervisor even for one worker (``uvicorn.run`` would serve one in this process): the worker is
         # replaced if it dies, and the master stays a small process that only supervises.
-        Multiprocess(config, sockets=[config.bind_socket()]).run()
+        Multiprocess(config, sockets=[sock]).run()
     finally:
         stop.set()
         watcher.join(5)

@@ -120,6 +120,8 @@ def test_writer_killed_mid_publish_leaves_readers_on_the_previous_whole_state(tm
         while not (shared / f"stalled-{stall_at}").exists():
             assert time.monotonic() < deadline, "the writer never reached the stall point"
             lines.drain_for(0.05)
+        for reader in readers:  # the stalled state is what they read first
+            reader.wait_for("ready", timeout_s=60)
         writer.send_signal(signal.SIGKILL)
         writer.wait(timeout=30)
         for pipe in (writer.stdin, writer.stdout, writer.stderr):
