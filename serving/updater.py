@@ -12,6 +12,7 @@ import collections
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from liverank.store import (
@@ -63,6 +64,7 @@ class Updater:
         # (producer, seq, rows, received_at_ms, visible_at_ms) of applied deltas, for a server's writer to turn into
         # metrics (``WriterMetrics``): with a shared tier a delta is visible to every worker once applied here.
         self.applied_log: collections.deque[tuple[str, int, int, int, int]] = collections.deque(maxlen=4096)
+        self.on_applied: Callable[[], None] | None = None  # called after deltas were applied (a status report)
 
     # --- lifecycle ----------------------------------------------------------------------------------------------
 
@@ -84,6 +86,8 @@ class Updater:
         while not self._stop.is_set():
             try:
                 progressed = self._drain()
+                if progressed and self.on_applied is not None:
+                    self.on_applied()
                 now = time.monotonic()
                 if now >= next_flush:
                     if self._store.lmdb.durability == "process":

@@ -38,6 +38,7 @@ from liverank.store import EmbeddingStore
 log = logging.getLogger(__name__)
 
 _BEAT_S = 0.25
+_REPORT_WAIT_S = 2.0
 
 
 def _now_ms() -> int:
@@ -126,12 +127,25 @@ class WorkerSync:
         return beat is not None and _now_ms() - int(beat) <= self._timeout_s * 1000
 
     def wait_applied(self, producer: str, seq: int, timeout_s: float) -> bool:
-        """Block until the shared tier (so every worker) serves ``producer``'s ``seq``, or the timeout passes."""
-        return self.freshness.wait_served(producer, seq, timeout_s)
+        """Block until the shared tier (so every worker) serves ``producer``'s ``seq``, or the timeout passes. Then
+        also until the writer has reported it (a moment later), so that the push-to-visible figures include it."""
+        deadline = time.monotonic() + timeout_s
+        if not self.freshness.wait_served(producer, seq, timeout_s):
+            return False
+        # Bounded: a writer restarted right after publishing never reports the delta (it is visible all the same).
+        deadline = min(deadline, time.monotonic() + _REPORT_WAIT_S)
+        while time.monotonic() < deadline:
+            record = self._store.lmdb.get_app_record(STATUS_RECORD) or {}
+            if record.get("visible_seq", {}).get(producer, 0) >= seq:
+                self.writer_status = record
+                break
+            time.sleep(0.002)
+        return True
 
     def push_to_visible_summary(self) -> dict[str, float | int | None]:
         # Measured where deltas become visible: in the writer, as it publishes the shared tier.
-        summary: dict[str, float | int | None] | None = self.writer_status.get("push_to_visible")
+        record = self._store.lmdb.get_app_record(STATUS_RECORD) or self.writer_status
+        summary: dict[str, float | int | None] | None = record.get("push_to_visible")
         return summary if summary is not None else self.freshness.summary()
 
     def workers(self) -> list[dict[str, Any]]:

@@ -17,6 +17,7 @@ import logging
 import multiprocessing
 import os
 import secrets
+import threading
 import time
 from dataclasses import asdict, dataclass
 from multiprocessing.connection import Connection
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from liverank.serving.freshness import Freshness
+from liverank.serving.memory import release_free_memory
 from liverank.serving.metrics import Metrics, add_new
 from liverank.serving.settings import Settings
 from liverank.serving.updater import Updater
@@ -79,6 +81,7 @@ def _writer_main(config: dict[str, Any], stop: Connection, token: int, parent_pi
         shared_tier_dir=cfg.shared_tier_dir,
         ram_budget_rows=cfg.ram_budget_rows,
     )
+    release_free_memory()  # the heap the shared tier's build used (LMDB rows read in chunks) goes back to the OS
     try:
         updater = Updater(
             store,
@@ -91,18 +94,28 @@ def _writer_main(config: dict[str, Any], stop: Connection, token: int, parent_pi
         # A server's writer (shared tier) reports what it applied in the server's metrics itself: it is where
         # deltas become visible to every worker. A standalone app's follower does that in the app's process.
         mirror = WriterMetrics(store) if store.publisher is not None else None
+        report_lock = threading.Lock()
+
+        def report() -> None:
+            """The status record (and, for a server, the metrics): every 0.25 s, and at once after deltas applied
+            (``?wait=visible`` in a worker waits for this report, so its figures include the delta)."""
+            with report_lock:
+                if store.publisher is not None:
+                    updater.publish_window_s = store.publisher.last_publish_window_s
+                extra = mirror.update(updater) if mirror is not None else {}
+                store.lmdb.put_app_record(STATUS_RECORD, {**updater.status_record(), **extra, "token": token})
+
+        if mirror is not None:
+            updater.on_applied = report
         # ``stop`` is the read end of a pipe: readable when the server asks us to stop, or at EOF when the server
         # is gone. (A multiprocessing.Event would not do: a process killed while holding its lock blocks it.)
         while not stop.poll(_STATUS_INTERVAL_S):
-            if store.publisher is not None:
-                updater.publish_window_s = store.publisher.last_publish_window_s
-            extra = mirror.update(updater) if mirror is not None else {}
             if os.getppid() != parent_pid:
                 # The server died without stopping us (SIGKILL): a writer must not outlive its server, whose
                 # restart starts a writer of its own.
                 log.error("the server process is gone; the writer exits")
                 break
-            store.lmdb.put_app_record(STATUS_RECORD, {**updater.status_record(), **extra, "token": token})
+            report()
             if not updater.alive:
                 log.error("the writer's updater thread stopped; the writer exits so that the server restarts it")
                 break
@@ -119,6 +132,7 @@ class WriterMetrics:
         self._freshness = Freshness(store, self._metrics)
         self._failures_seen: dict[str, int] = {}
         self._expired_seen: dict[str, int] = {}
+        self._visible_seq: dict[str, int] = {}
 
     def update(self, updater: Updater) -> dict[str, Any]:
         """Record what was applied since the last call; returns status-record fields (push-to-visible summary)."""
@@ -128,11 +142,12 @@ class WriterMetrics:
             if received_at_ms > 0:
                 self._freshness.visible(received_at_ms, visible_at_ms)
             m.applied_sequence.labels(producer=producer).set(seq)
+            self._visible_seq[producer] = seq
             m.deltas_applied.inc()
             m.delta_rows_applied.inc(rows)
         add_new(dict(updater.failures), self._failures_seen, m.updater_failures, "kind")
         add_new(dict(updater.expired_by_slot), self._expired_seen, m.rows_expired, "slot")
-        return {"push_to_visible": self._freshness.summary()}
+        return {"push_to_visible": self._freshness.summary(), "visible_seq": dict(self._visible_seq)}
 
 
 class WriterProcess:
