@@ -14,6 +14,7 @@ in-flight requests):
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import os
@@ -132,8 +133,11 @@ def run_server(settings: Settings, log_level: str) -> int:
         writer.stop()
         shutil.rmtree(metrics_dir, ignore_errors=True)
         # The tier lives in memory (/dev/shm): a stopped server must not keep it. The next start rebuilds it.
-        for leftover in [*tier.glob("seg-*"), tier / "control"]:
+        for leftover in [*tier.glob("seg-*"), tier / "control", tier / "writer.pid"]:
             leftover.unlink(missing_ok=True)
+        shutil.rmtree(settings.workers_path, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            tier.rmdir()  # only if nothing else is left in it
     return 0
 
 
