@@ -19,7 +19,7 @@ from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from liverank.serving.api import routes_admin, routes_health, routes_rank
+from liverank.serving.api import routes_admin, routes_health, routes_rank, routes_status
 from liverank.serving.api.errors import install_error_handlers
 from liverank.serving.services import Services, check_settings
 from liverank.serving.settings import Settings
@@ -96,10 +96,14 @@ def create_app(settings: Settings, *, services: Services | None = None) -> FastA
         summary="Ranking with models that learn while they serve",
         version="0.1.0",
         lifespan=lifespan,
+        # /docs and /redoc are served from packaged assets (routes_status), not from a CDN
+        docs_url=None,
+        redoc_url=None,
     )
     install_error_handlers(app)
     app.include_router(routes_rank.router)
     app.include_router(routes_admin.router)
     app.include_router(routes_health.router)
+    routes_status.install_pages(app)
     app.add_middleware(_LatencyMiddleware)
     return app
