@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ from liverank.exporter.archive import archive_bundle
 from liverank.exporter.synthetic import build_synthetic_bundle
 from liverank.serving.metrics import Metrics
 from liverank.serving.status_history import Histo, Observation, StatusHistory, read_samples
-from tests.serving.conftest import ADMIN, DIM, TOKEN, LiveServer, delta_bytes, manifest_of, rank_body, settings_for
+from tests.serving.conftest import ADMIN, DIM, TOKEN, LiveServer, delta_bytes, manifest_of, rank_body
 
 
 def _observation(metrics: Metrics, t_ms: int, rows: dict[str, int] | None = None) -> Observation:
@@ -107,14 +107,6 @@ def test_the_ring_keeps_capacity_points_and_the_window_distribution_slides() -> 
     assert [p["t_ms"] for p in snap["points"]] == [6_000, 7_000, 8_000]
     # the window covers the last 3 intervals: 3 observations, not the 8 since start
     assert sum(snap["push_to_visible_distribution"]["count"]) == 3
-
-
-@pytest.fixture
-def fast_server(tmp_path: Path, tiny_bundle: Path) -> Iterator[LiveServer]:
-    """A server whose status history samples every 0.2 s."""
-    live = LiveServer(settings_for(tmp_path / "data", tiny_bundle, status_interval_s=0.2)).start()
-    yield live
-    live.stop()
 
 
 def _poll(fetch: Callable[[], Any], accept: Callable[[Any], bool], what: str, timeout_s: float = 60.0) -> Any:

@@ -14,6 +14,25 @@ function fmt(value, unit, digits) {
   return `${value.toFixed(digits === undefined ? 1 : digits)}${unit || ""}`;
 }
 
+// Axis ticks: at most 3 significant digits, SI suffixes for large values (ages of test data reach 1e9 s).
+function compact(value) {
+  if (value === null || value === undefined) return "";
+  const abs = Math.abs(value);
+  for (const [size, suffix] of [[1e9, "G"], [1e6, "M"], [1e3, "k"]]) {
+    if (abs >= size) return `${Number((value / size).toPrecision(3))}${suffix}`;
+  }
+  return String(Number(value.toPrecision(3)));
+}
+
+// The newest sample for which `pick` has a value (a quiet interval has no latency to report).
+function latestOf(pick) {
+  for (let i = points.length - 1; i >= 0; i--) {
+    const value = pick(points[i]);
+    if (value !== null && value !== undefined) return value;
+  }
+  return null;
+}
+
 function fmtAge(seconds) {
   if (seconds === null || seconds === undefined) return "–";
   if (seconds < 120) return `${seconds.toFixed(1)} s`;
@@ -67,7 +86,7 @@ function timeSeries(id, series, axes) {
     }))],
     axes: [{}, ...axes.map((a, i) => ({
       scale: a.scale, label: a.label, side: i === 0 ? 3 : 1, grid: { show: i === 0 },
-      values: (u, splits) => splits.map((v) => fmt(v, "", a.digits === undefined ? 0 : a.digits)),
+      values: (u, splits) => splits.map(compact),
     }))],
   }), data);
 }
@@ -91,7 +110,7 @@ function distribution(dist) {
     ],
     axes: [
       { splits: () => xs, values: (u, splits) => splits.map((i) => labels[i] || ""), rotate: -30, size: 60 },
-      { label: "deltas", values: (u, splits) => splits.map((v) => fmt(v, "", 0)) },
+      { label: "deltas", values: (u, splits) => splits.map((v) => (Number.isInteger(v) ? String(v) : "")) },
     ],
   }), [xs, dist.count]);
 }
@@ -135,10 +154,10 @@ function render(body) {
   document.getElementById("capacity").textContent = String(hist.capacity);
 
   if (latest) {
-    document.getElementById("ptv-last").textContent = fmt(latest.push_to_visible_p99_ms, " ms");
+    document.getElementById("ptv-last").textContent = fmt(latestOf((p) => p.push_to_visible_p99_ms), " ms");
     document.getElementById("deltas-last").textContent = fmt(latest.deltas_per_s, "/s", 2);
     document.getElementById("rps-last").textContent = fmt(latest.rank_rps, " rps");
-    document.getElementById("p99-last").textContent = fmt(latest.rank_p99_ms, " ms");
+    document.getElementById("p99-last").textContent = fmt(latestOf((p) => p.rank_p99_ms), " ms");
   }
 
   timeSeries("chart-ptv",
@@ -149,7 +168,7 @@ function render(body) {
   timeSeries("chart-deltas",
     [{ label: "deltas/s", scale: "deltas", unit: "/s", digits: 2, value: (p) => p.deltas_per_s },
      { label: "rows/s", scale: "rows", unit: "/s", value: (p) => p.rows_per_s }],
-    [{ scale: "deltas", label: "deltas/s", digits: 1, range: nonNegative }, { scale: "rows", label: "rows/s", range: nonNegative }]);
+    [{ scale: "deltas", label: "deltas/s", range: nonNegative }, { scale: "rows", label: "rows/s", range: nonNegative }]);
   timeSeries("chart-rank",
     [{ label: "rps", scale: "rps", unit: " rps", value: (p) => p.rank_rps },
      { label: "p50", scale: "ms", unit: " ms", value: (p) => p.rank_p50_ms },
