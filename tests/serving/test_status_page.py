@@ -17,7 +17,7 @@ from liverank.exporter.archive import archive_bundle
 from liverank.exporter.synthetic import build_synthetic_bundle
 from liverank.serving.metrics import Metrics
 from liverank.serving.status_history import Histo, Observation, StatusHistory, read_samples
-from tests.serving.conftest import ADMIN, DIM, TOKEN, LiveServer, delta_bytes, manifest_of, rank_body
+from tests.serving.conftest import ADMIN, DIM, TOKEN, LiveServer, delta_bytes, manifest_of, rank_body, settings_for
 
 
 def _observation(metrics: Metrics, t_ms: int, rows: dict[str, int] | None = None) -> Observation:
@@ -233,3 +233,29 @@ def test_no_admin_action_is_reachable_without_a_token(server: LiveServer) -> Non
     with httpx.Client(base_url=server.url, timeout=30) as client:
         assert client.post("/admin/rollback").status_code == 401
         assert client.get("/status").status_code == 200
+
+
+def test_went_live_times_survive_a_restart_and_a_rollback_sets_a_new_one(
+    tmp_path: Path, tiny_bundle: Path, tiny_bundle_v2: bytes
+) -> None:
+    settings = settings_for(tmp_path / "data", tiny_bundle)
+    first = LiveServer(settings).start()
+    try:
+        with first.client() as client:
+            assert client.post("/admin/bundles", content=tiny_bundle_v2, headers=ADMIN).status_code == 200
+            before = {b["version"]: b["went_live_ms"] for b in client.get("/status/data").json()["bundles"]}
+    finally:
+        first.stop()
+    assert before["1"] <= before["2"]
+    again = LiveServer(settings).start()  # restore makes v2 live again: when it went live does not change
+    try:
+        with again.client() as client:
+            after = {b["version"]: b["went_live_ms"] for b in client.get("/status/data").json()["bundles"]}
+            assert after == before
+            assert client.post("/admin/rollback", headers=ADMIN).status_code == 200
+            [v1] = client.get("/status/data").json()["bundles"]
+    finally:
+        again.stop()
+    assert v1["version"] == "1"
+    assert v1["live"] is True
+    assert v1["went_live_ms"] >= before["2"]

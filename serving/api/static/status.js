@@ -81,7 +81,9 @@ function timeSeries(id, series, axes) {
   draw(id, key, () => ({
     scales: { x: { time: true }, ...Object.fromEntries(axes.map((a) => [a.scale, { auto: true, range: a.range }])) },
     series: [{}, ...series.map((s, i) => ({
-      label: s.label, scale: s.scale, stroke: s.color || COLORS[i % COLORS.length], width: 2, spanGaps: false,
+      label: s.label, scale: s.scale, stroke: s.color || COLORS[i % COLORS.length], width: 2,
+      // Intervals without observations (no delta, no request) have no latency: draw across them, mark the samples.
+      spanGaps: Boolean(s.sparse), points: s.sparse ? { show: true, size: 5 } : {},
       value: (u, v) => fmt(v, s.unit, s.digits),
     }))],
     axes: [{}, ...axes.map((a, i) => ({
@@ -161,8 +163,8 @@ function render(body) {
   }
 
   timeSeries("chart-ptv",
-    [{ label: "mean", scale: "ms", unit: " ms", value: (p) => p.push_to_visible_mean_ms },
-     { label: "p99", scale: "ms", unit: " ms", value: (p) => p.push_to_visible_p99_ms }],
+    [{ label: "mean", scale: "ms", unit: " ms", sparse: true, value: (p) => p.push_to_visible_mean_ms },
+     { label: "p99", scale: "ms", unit: " ms", sparse: true, value: (p) => p.push_to_visible_p99_ms }],
     [{ scale: "ms", label: "ms", range: nonNegative }]);
   distribution(hist.push_to_visible_distribution);
   timeSeries("chart-deltas",
@@ -171,15 +173,15 @@ function render(body) {
     [{ scale: "deltas", label: "deltas/s", range: nonNegative }, { scale: "rows", label: "rows/s", range: nonNegative }]);
   timeSeries("chart-rank",
     [{ label: "rps", scale: "rps", unit: " rps", value: (p) => p.rank_rps },
-     { label: "p50", scale: "ms", unit: " ms", value: (p) => p.rank_p50_ms },
-     { label: "p99", scale: "ms", unit: " ms", value: (p) => p.rank_p99_ms }],
+     { label: "p50", scale: "ms", unit: " ms", sparse: true, value: (p) => p.rank_p50_ms },
+     { label: "p99", scale: "ms", unit: " ms", sparse: true, value: (p) => p.rank_p99_ms }],
     [{ scale: "rps", label: "rps", range: nonNegative }, { scale: "ms", label: "ms", range: nonNegative }]);
   const slots = slotsOf(latest);
   timeSeries("chart-unseen",
-    slots.map((slot) => ({ label: slot, scale: "pct", unit: " %", value: (p) => pct(p.unseen_rate_by_slot[slot]) })),
+    slots.map((slot) => ({ label: slot, scale: "pct", unit: " %", sparse: true, value: (p) => pct(p.unseen_rate_by_slot[slot]) })),
     [{ scale: "pct", label: "% of ids", range: nonNegative }]);
   timeSeries("chart-age",
-    slots.map((slot) => ({ label: slot, scale: "s", unit: " s", value: (p) => p.embedding_age_s_by_slot[slot] ?? null })),
+    slots.map((slot) => ({ label: slot, scale: "s", unit: " s", sparse: true, value: (p) => p.embedding_age_s_by_slot[slot] ?? null })),
     [{ scale: "s", label: "seconds", range: nonNegative }]);
 
   fillRows("slots", slots.map((slot) => {
