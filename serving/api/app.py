@@ -19,7 +19,7 @@ from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from liverank.serving.api import routes_admin, routes_health, routes_rank, routes_status
+from liverank.serving.api import routes_admin, routes_health, routes_oip, routes_rank, routes_status
 from liverank.serving.api.errors import install_error_handlers
 from liverank.serving.services import Services, check_settings
 from liverank.serving.settings import Settings
@@ -105,5 +105,6 @@ def create_app(settings: Settings, *, services: Services | None = None) -> FastA
     app.include_router(routes_admin.router)
     app.include_router(routes_health.router)
     routes_status.install_pages(app)
+    app.include_router(routes_oip.router)
     app.add_middleware(_LatencyMiddleware)
     return app

@@ -1,0 +1,169 @@
+"""/v2/*: the Open Inference Protocol (KServe v2 / Triton HTTP) over the live ranking model.
+
+Health answers 200 (true) or 400 (false) with an empty body; errors are the protocol's ``{"error": ...}`` body,
+with the status of the domain error's code. The binary tensor data extension is supported both ways (requests
+with ``Inference-Header-Content-Length``; outputs asked for with ``binary_data``), since tritonclient uses it by
+default and it is the cheaper encoding (README). The tensor mapping is in ``liverank.serving.oip``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Coroutine
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+import anyio.to_thread
+import orjson
+from fastapi import APIRouter, Request
+from fastapi.routing import APIRoute
+from starlette.responses import Response
+
+from liverank.errors import LiverankError
+from liverank.serving.api.body import read_body
+from liverank.serving.api.errors import status_of
+from liverank.serving.errors import ModelNotFound
+from liverank.serving.oip import epoch_parameters, model_metadata, plan_request, response_outputs
+from liverank.serving.oip_tensors import decode_inputs, encode_outputs, split_body
+from liverank.serving.services import Services
+from liverank.store.manifest import Manifest
+
+HEADER_LENGTH = "Inference-Header-Content-Length"
+
+
+def protocol_error(status: int, message: str) -> Response:
+    return Response(orjson.dumps({"error": message}), status_code=status, media_type="application/json")
+
+
+class _ProtocolErrorRoute(APIRoute):
+    """Domain errors of these routes answer the protocol's error body instead of liverank's."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def handle(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except LiverankError as exc:
+                return protocol_error(status_of(exc.code), exc.message)
+
+        return handle
+
+
+router = APIRouter(prefix="/v2", route_class=_ProtocolErrorRoute, tags=["Open Inference Protocol v2"])
+_ERROR = {"content": {"application/json": {"schema": {"type": "object", "properties": {"error": {"type": "string"}}}}}}
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"description": "false (health) or a bad request", **_ERROR},
+    404: {"description": "no such model or version", **_ERROR},
+    503: {"description": "no bundle is live", **_ERROR},
+}
+
+
+def _services(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+def _live_manifest(services: Services, name: str, model_version: str | None) -> Manifest:
+    manifest = services.model_slot.current().manifest
+    if name != manifest.model:
+        raise ModelNotFound(f"model {name!r} is not served here; the live model is {manifest.model!r}")
+    if model_version is not None and model_version != manifest.version:
+        raise ModelNotFound(
+            f"model {name!r} has no live version {model_version!r}; the live one is {manifest.version!r}"
+        )
+    return manifest
+
+
+def _server_version() -> str:
+    try:
+        return version("liverank")
+    except PackageNotFoundError:  # run from a source tree without an install
+        return "0+unknown"
+
+
+@router.get("", summary="Server metadata", responses=_ERRORS)
+async def server_metadata() -> Response:
+    body = {"name": "liverank", "version": _server_version(), "extensions": ["binary_tensor_data"]}
+    return Response(orjson.dumps(body), media_type="application/json")
+
+
+@router.get("/health/live", summary="Server liveness (200 true, 400 false)", responses=_ERRORS)
+async def server_live(request: Request) -> Response:
+    if not _services(request).alive:
+        return protocol_error(400, "the writer process or its follower has stopped")
+    return Response(status_code=200)
+
+
+@router.get("/health/ready", summary="Server readiness (200 true, 400 false)", responses=_ERRORS)
+async def server_ready(request: Request) -> Response:
+    ready, reason = _services(request).ready()
+    return Response(status_code=200) if ready else protocol_error(400, reason)
+
+
+@router.get("/models/{name}", summary="Model metadata: one input tensor per feature", responses=_ERRORS)
+@router.get("/models/{name}/versions/{model_version}", summary="Model metadata of one version", responses=_ERRORS)
+async def model_metadata_route(request: Request, name: str, model_version: str | None = None) -> Response:
+    manifest = _live_manifest(_services(request), name, model_version)
+    return Response(orjson.dumps(model_metadata(manifest)), media_type="application/json")
+
+
+@router.get("/models/{name}/ready", summary="Model readiness (200 true, 400 false)", responses=_ERRORS)
+@router.get("/models/{name}/versions/{model_version}/ready", summary="Model version readiness", responses=_ERRORS)
+async def model_ready(request: Request, name: str, model_version: str | None = None) -> Response:
+    services = _services(request)
+    _live_manifest(services, name, model_version)
+    ready, reason = services.ready()
+    return Response(status_code=200) if ready else protocol_error(400, reason)
+
+
+def infer(services: Services, name: str, model_version: str | None, body: bytes, header_length: str | None) -> Response:
+    """Decode, rank with the one ranking path and encode, on a worker thread."""
+    manifest = _live_manifest(services, name, model_version)
+    header, tail = split_body(body, header_length)
+    plan = plan_request(manifest, header, decode_inputs(header, tail))
+    result = services.rank(plan.doc)
+    outputs, binary = encode_outputs(response_outputs(manifest, result, plan), set(plan.binary))
+    answer: dict[str, Any] = {
+        "model_name": manifest.model,
+        "model_version": result.dense_version,
+        "parameters": epoch_parameters(result),
+        "outputs": outputs,
+    }
+    if isinstance(header.get("id"), str):
+        answer["id"] = header["id"]
+    head = orjson.dumps(answer)
+    if not binary:
+        return Response(head, media_type="application/json")
+    return Response(head + binary, media_type="application/octet-stream", headers={HEADER_LENGTH: str(len(head))})
+
+
+_INFER_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": {"type": "object", "required": ["inputs"]}},
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
+
+
+@router.post("/models/{name}/infer", summary="Rank (inference)", openapi_extra=_INFER_BODY, responses=_ERRORS)
+@router.post(
+    "/models/{name}/versions/{model_version}/infer",
+    summary="Rank with one model version",
+    openapi_extra=_INFER_BODY,
+    responses=_ERRORS,
+)
+async def infer_route(request: Request, name: str, model_version: str | None = None) -> Response:
+    services = _services(request)
+    body = await read_body(request, services.settings.max_rank_body_bytes)
+    return await anyio.to_thread.run_sync(
+        infer,
+        services,
+        name,
+        model_version,
+        body,
+        request.headers.get(HEADER_LENGTH),
+        limiter=request.app.state.rank_limiter,
+    )
