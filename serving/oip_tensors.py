@@ -31,6 +31,7 @@ NUMPY_DTYPES: dict[str, np.dtype[Any]] = {
     "FP64": np.dtype("<f8"),
 }
 _MAX_DIMS = 4
+_KIND_WORDS = {"b": "booleans", "iu": "integers", "iuf": "numbers"}
 
 
 @dataclass(frozen=True)
@@ -131,32 +132,35 @@ def _from_bytes(chunk: bytes, datatype: str, count: int, what: str) -> np.ndarra
 
 
 def _from_json(data: Any, datatype: str, shape: list[int], count: int, what: str) -> np.ndarray[Any, Any]:
-    flat = _flatten(data) if isinstance(data, list) else [data]
-    if len(flat) != count:
-        raise InferenceRequestInvalid(f"{what}: {len(flat)} data elements for shape {shape}")
+    """``data``, flat or nested (the protocol accepts both), as an array of ``shape``; numpy does the walking."""
     if datatype == "BYTES":
-        if not all(isinstance(v, str) for v in flat):
-            raise InferenceRequestInvalid(f"{what}: BYTES data in JSON must be strings")
+        flat = list(np.asarray(data, dtype=object).ravel()) if isinstance(data, list) else [data]
+        if len(flat) != count or not all(isinstance(v, str) for v in flat):
+            raise InferenceRequestInvalid(f"{what}: BYTES data in JSON must be {count} strings for shape {shape}")
         return _object_array([v.encode() for v in flat]).reshape(shape)
-    dtype = NUMPY_DTYPES[datatype]
-    if any(isinstance(v, bool) != (datatype == "BOOL") or not isinstance(v, int | float) for v in flat):
-        raise InferenceRequestInvalid(f"{what}: {datatype} data must be JSON numbers")
-    if dtype.kind in "iu" and any(isinstance(v, float) for v in flat):
-        raise InferenceRequestInvalid(f"{what}: {datatype} data must be integers")
     try:
-        return np.asarray(flat, dtype=dtype).reshape(shape)
-    except OverflowError as exc:
-        raise InferenceRequestInvalid(f"{what}: a value does not fit {datatype}") from exc
+        arr = np.asarray(data)
+    except (ValueError, OverflowError) as exc:
+        raise InferenceRequestInvalid(f"{what}: 'data' is not a regular array of numbers") from exc
+    if arr.size != count:
+        raise InferenceRequestInvalid(f"{what}: {arr.size} data elements for shape {shape}")
+    dtype = NUMPY_DTYPES[datatype]
+    accepted = "b" if datatype == "BOOL" else ("iu" if dtype.kind in "iu" else "iuf")
+    if arr.size and arr.dtype.kind not in accepted:
+        raise InferenceRequestInvalid(f"{what}: {datatype} data must be JSON {_KIND_WORDS[accepted]}")
+    # numpy reads true/false among numbers as 1/0: where a 0 or 1 is, look for a JSON boolean.
+    if datatype != "BOOL" and ((arr == 0) | (arr == 1)).any() and _has_bool(data):
+        raise InferenceRequestInvalid(f"{what}: {datatype} data must be numbers, not true or false")
+    if dtype.kind in "iu" and arr.size and (arr.min() < np.iinfo(dtype).min or arr.max() > np.iinfo(dtype).max):
+        raise InferenceRequestInvalid(f"{what}: a value does not fit {datatype}")
+    return arr.astype(dtype).reshape(shape)
 
 
-def _flatten(data: list[Any]) -> list[Any]:
-    """Row-major flattening of nested lists (the protocol accepts flat or nested ``data``)."""
-    if not any(isinstance(v, list) for v in data):
-        return data
-    out: list[Any] = []
-    for v in data:
-        out.extend(_flatten(v) if isinstance(v, list) else [v])
-    return out
+def _has_bool(data: Any) -> bool:
+    if not isinstance(data, list):
+        return type(data) is bool
+    types = set(map(type, data))  # a C loop: this runs on every column that holds a 0 or a 1
+    return bool in types or (list in types and any(_has_bool(v) for v in data if isinstance(v, list)))
 
 
 def _object_array(items: list[bytes]) -> np.ndarray[Any, Any]:
