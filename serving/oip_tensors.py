@@ -8,6 +8,7 @@ a BYTES element is a 4-byte little-endian length followed by its bytes.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -93,7 +94,7 @@ def _decode_one(raw: Any, tail: bytes, offset: int) -> tuple[Tensor, int]:
         or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
     ):
         raise InferenceRequestInvalid(f"{what}: 'shape' must be a list of at most {_MAX_DIMS} non-negative integers")
-    count = int(np.prod(shape, dtype=np.int64))
+    count = math.prod(shape)  # Python ints: a huge shape is refused below, it does not overflow
     parameters = raw.get("parameters") or {}
     size = parameters.get("binary_data_size") if isinstance(parameters, dict) else None
     if size is not None:

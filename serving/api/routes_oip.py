@@ -50,12 +50,26 @@ class _ProtocolErrorRoute(APIRoute):
 
 
 router = APIRouter(prefix="/v2", route_class=_ProtocolErrorRoute, tags=["Open Inference Protocol v2"])
-_ERROR = {"content": {"application/json": {"schema": {"type": "object", "properties": {"error": {"type": "string"}}}}}}
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {"description": "false (health) or a bad request", **_ERROR},
-    404: {"description": "no such model or version", **_ERROR},
-    503: {"description": "no bundle is live", **_ERROR},
+_OBJECT = {"application/json": {"schema": {"type": "object"}}}
+_ERROR_BODY = {
+    "application/json": {
+        "schema": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}}
+    }
 }
+
+
+def _answers(ok: dict[str, Any] | None, *errors: int) -> dict[int | str, dict[str, Any]]:
+    """The documented answers of a route: 200 (with ``ok`` content, or none) and the protocol's error body."""
+    described = {
+        400: "false (health) or a malformed request",
+        404: "no such model or version",
+        413: "body too large",
+        422: "the tensors do not fit the live model's inputs",
+        503: "no bundle is live",
+    }
+    out: dict[int | str, dict[str, Any]] = {200: {"description": "OK", **({"content": ok} if ok else {})}}
+    out.update({status: {"description": described[status], "content": _ERROR_BODY} for status in errors})
+    return out
 
 
 def _services(request: Request) -> Services:
@@ -81,35 +95,79 @@ def _server_version() -> str:
         return "0+unknown"
 
 
-@router.get("", summary="Server metadata", responses=_ERRORS)
+@router.get("", summary="Server metadata", responses=_answers(_OBJECT))
 async def server_metadata() -> Response:
     body = {"name": "liverank", "version": _server_version(), "extensions": ["binary_tensor_data"]}
     return Response(orjson.dumps(body), media_type="application/json")
 
 
-@router.get("/health/live", summary="Server liveness (200 true, 400 false)", responses=_ERRORS)
+@router.get(
+    "/health/live",
+    summary="Server liveness (200 true, 400 false)",
+    response_class=Response,
+    responses=_answers(None, 400),
+)
 async def server_live(request: Request) -> Response:
     if not _services(request).alive:
         return protocol_error(400, "the writer process or its follower has stopped")
     return Response(status_code=200)
 
 
-@router.get("/health/ready", summary="Server readiness (200 true, 400 false)", responses=_ERRORS)
+@router.get(
+    "/health/ready",
+    summary="Server readiness (200 true, 400 false)",
+    response_class=Response,
+    responses=_answers(None, 400),
+)
 async def server_ready(request: Request) -> Response:
     ready, reason = _services(request).ready()
     return Response(status_code=200) if ready else protocol_error(400, reason)
 
 
-@router.get("/models/{name}", summary="Model metadata: one input tensor per feature", responses=_ERRORS)
-@router.get("/models/{name}/versions/{model_version}", summary="Model metadata of one version", responses=_ERRORS)
-async def model_metadata_route(request: Request, name: str, model_version: str | None = None) -> Response:
+_METADATA_ANSWERS = _answers(_OBJECT, 404, 422, 503)
+
+
+@router.get("/models/{name}", summary="Model metadata: one input tensor per feature", responses=_METADATA_ANSWERS)
+async def model_metadata_route(request: Request, name: str) -> Response:
+    return _metadata(request, name, None)
+
+
+@router.get(
+    "/models/{name}/versions/{model_version}", summary="Model metadata of one version", responses=_METADATA_ANSWERS
+)
+async def model_version_metadata_route(request: Request, name: str, model_version: str) -> Response:
+    return _metadata(request, name, model_version)
+
+
+def _metadata(request: Request, name: str, model_version: str | None) -> Response:
     manifest = _live_manifest(_services(request), name, model_version)
     return Response(orjson.dumps(model_metadata(manifest)), media_type="application/json")
 
 
-@router.get("/models/{name}/ready", summary="Model readiness (200 true, 400 false)", responses=_ERRORS)
-@router.get("/models/{name}/versions/{model_version}/ready", summary="Model version readiness", responses=_ERRORS)
-async def model_ready(request: Request, name: str, model_version: str | None = None) -> Response:
+_READY_ANSWERS = _answers(None, 400, 404, 422, 503)
+
+
+@router.get(
+    "/models/{name}/ready",
+    summary="Model readiness (200 true, 400 false)",
+    response_class=Response,
+    responses=_READY_ANSWERS,
+)
+async def model_ready(request: Request, name: str) -> Response:
+    return _ready(request, name, None)
+
+
+@router.get(
+    "/models/{name}/versions/{model_version}/ready",
+    summary="Model version readiness",
+    response_class=Response,
+    responses=_READY_ANSWERS,
+)
+async def model_version_ready(request: Request, name: str, model_version: str) -> Response:
+    return _ready(request, name, model_version)
+
+
+def _ready(request: Request, name: str, model_version: str | None) -> Response:
     services = _services(request)
     _live_manifest(services, name, model_version)
     ready, reason = services.ready()
@@ -148,14 +206,27 @@ _INFER_BODY = {
 }
 
 
-@router.post("/models/{name}/infer", summary="Rank (inference)", openapi_extra=_INFER_BODY, responses=_ERRORS)
+_INFER_ANSWERS = _answers(
+    {**_OBJECT, "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}, 400, 404, 413, 422, 503
+)
+
+
+@router.post("/models/{name}/infer", summary="Rank (inference)", openapi_extra=_INFER_BODY, responses=_INFER_ANSWERS)
+async def infer_route(request: Request, name: str) -> Response:
+    return await _infer(request, name, None)
+
+
 @router.post(
     "/models/{name}/versions/{model_version}/infer",
     summary="Rank with one model version",
     openapi_extra=_INFER_BODY,
-    responses=_ERRORS,
+    responses=_INFER_ANSWERS,
 )
-async def infer_route(request: Request, name: str, model_version: str | None = None) -> Response:
+async def infer_version_route(request: Request, name: str, model_version: str) -> Response:
+    return await _infer(request, name, model_version)
+
+
+async def _infer(request: Request, name: str, model_version: str | None) -> Response:
     services = _services(request)
     body = await read_body(request, services.settings.max_rank_body_bytes)
     return await anyio.to_thread.run_sync(
