@@ -25,7 +25,8 @@ Request ``parameters``: ``k`` (integer, default 50) and ``blend.<head>`` (number
 replaces the manifest's default weights (a head not named weighs 0), as ``"blend"`` does in ``/v1/rank``. The
 answer's ``parameters`` carry the epoch: ``dense_version`` and ``sparse_seq.<producer>`` per producer.
 
-A request becomes the same columnar document ``/v1/rank`` takes, so both are ranked by the same code.
+A request becomes the same columnar document ``/v1/rank`` takes, so both are ranked by the same code
+(``Services.rank``; ``oip_model.infer`` runs a request end to end).
 """
 
 from __future__ import annotations

@@ -21,11 +21,9 @@ from starlette.responses import Response
 from liverank.errors import LiverankError
 from liverank.serving.api.body import read_body
 from liverank.serving.api.errors import status_of
-from liverank.serving.errors import ModelNotFound
-from liverank.serving.oip import epoch_parameters, model_metadata, plan_request, response_outputs
-from liverank.serving.oip_tensors import decode_inputs, encode_outputs, split_body
+from liverank.serving.oip import model_metadata
+from liverank.serving.oip_model import infer, live_manifest
 from liverank.serving.services import Services
-from liverank.store.manifest import Manifest
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
@@ -75,17 +73,6 @@ def _answers(ok: dict[str, Any] | None, *errors: int) -> dict[int | str, dict[st
 def _services(request: Request) -> Services:
     services: Services = request.app.state.services
     return services
-
-
-def _live_manifest(services: Services, name: str, model_version: str | None) -> Manifest:
-    manifest = services.model_slot.current().manifest
-    if name != manifest.model:
-        raise ModelNotFound(f"model {name!r} is not served here; the live model is {manifest.model!r}")
-    if model_version is not None and model_version != manifest.version:
-        raise ModelNotFound(
-            f"model {name!r} has no live version {model_version!r}; the live one is {manifest.version!r}"
-        )
-    return manifest
 
 
 def _server_version() -> str:
@@ -140,7 +127,7 @@ async def model_version_metadata_route(request: Request, name: str, model_versio
 
 
 def _metadata(request: Request, name: str, model_version: str | None) -> Response:
-    manifest = _live_manifest(_services(request), name, model_version)
+    manifest = live_manifest(_services(request), name, model_version)
     return Response(orjson.dumps(model_metadata(manifest)), media_type="application/json")
 
 
@@ -169,30 +156,9 @@ async def model_version_ready(request: Request, name: str, model_version: str) -
 
 def _ready(request: Request, name: str, model_version: str | None) -> Response:
     services = _services(request)
-    _live_manifest(services, name, model_version)
+    live_manifest(services, name, model_version)
     ready, reason = services.ready()
     return Response(status_code=200) if ready else protocol_error(400, reason)
-
-
-def infer(services: Services, name: str, model_version: str | None, body: bytes, header_length: str | None) -> Response:
-    """Decode, rank with the one ranking path and encode, on a worker thread."""
-    manifest = _live_manifest(services, name, model_version)
-    header, tail = split_body(body, header_length)
-    plan = plan_request(manifest, header, decode_inputs(header, tail))
-    result = services.rank(plan.doc)
-    outputs, binary = encode_outputs(response_outputs(manifest, result, plan), set(plan.binary))
-    answer: dict[str, Any] = {
-        "model_name": manifest.model,
-        "model_version": result.dense_version,
-        "parameters": epoch_parameters(result),
-        "outputs": outputs,
-    }
-    if isinstance(header.get("id"), str):
-        answer["id"] = header["id"]
-    head = orjson.dumps(answer)
-    if not binary:
-        return Response(head, media_type="application/json")
-    return Response(head + binary, media_type="application/octet-stream", headers={HEADER_LENGTH: str(len(head))})
 
 
 _INFER_BODY = {
@@ -229,7 +195,7 @@ async def infer_version_route(request: Request, name: str, model_version: str) -
 async def _infer(request: Request, name: str, model_version: str | None) -> Response:
     services = _services(request)
     body = await read_body(request, services.settings.max_rank_body_bytes)
-    return await anyio.to_thread.run_sync(
+    answer = await anyio.to_thread.run_sync(
         infer,
         services,
         name,
@@ -237,4 +203,11 @@ async def _infer(request: Request, name: str, model_version: str | None) -> Resp
         body,
         request.headers.get(HEADER_LENGTH),
         limiter=request.app.state.rank_limiter,
+    )
+    if not answer.binary:
+        return Response(answer.header, media_type="application/json")
+    return Response(
+        answer.header + answer.binary,
+        media_type="application/octet-stream",
+        headers={HEADER_LENGTH: str(len(answer.header))},
     )
