@@ -14,6 +14,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import FileResponse, HTMLResponse, Response
 
+from liverank.serving.api.errors import error_responses
 from liverank.serving.services import Services
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -31,6 +32,7 @@ async def status_page() -> FileResponse:
 @router.get(
     "/status/data",
     summary="What the status page plots: epoch, bundle history and the sampled time series (no token needed)",
+    responses=error_responses(422),
 )
 async def status_page_data(
     request: Request, since_ms: int = Query(-1, description="only the history points sampled after this time")

@@ -78,6 +78,7 @@ def test_the_document_covers_every_route(schema: Any) -> None:
         "GET /healthz",
         "GET /readyz",
         "GET /metrics",
+        "GET /status/data",
         "GET /v2",
         "GET /v2/health/live",
         "GET /v2/health/ready",
