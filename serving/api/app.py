@@ -26,21 +26,12 @@ from liverank.serving.settings import Settings
 
 log = logging.getLogger(__name__)
 
-_ROUTES = {
-    "/v1/rank",
-    "/v1/model",
-    "/admin/deltas",
-    "/admin/bundles",
-    "/admin/rollback",
-    "/admin/status",
-    "/healthz",
-    "/readyz",
-    "/metrics",
-}
-
-
 class _LatencyMiddleware:
-    """Request latency by route and status (pure ASGI: no per-request middleware objects)."""
+    """Request latency by route and status (pure ASGI: no per-request middleware objects).
+
+    The route label is the matched route's path template (``/v2/models/{name}/infer``, not the model's name), so
+    its values are bounded by the app's routes; a request that matched none counts as ``other``.
+    """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -61,10 +52,11 @@ class _LatencyMiddleware:
         try:
             await self.app(scope, receive, send_status)
         finally:
-            path = scope["path"]
             services = getattr(scope["app"].state, "services", None)
             if services is not None:
-                route = path if path in _ROUTES else "other"
+                # The router records the route it matched in the scope it was given (this one).
+                template = getattr(scope.get("route"), "path", None)
+                route = template if isinstance(template, str) else "other"
                 services.metrics.request_seconds.labels(route=route, status=str(status)).observe(
                     time.perf_counter() - started
                 )

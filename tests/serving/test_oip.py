@@ -244,3 +244,12 @@ def test_infer_on_the_versioned_path_and_an_unknown_version(server: LiveServer, 
     answer = http.post(f"/v2/models/{MODEL}/versions/0/infer", json=request)
     assert answer.status_code == 404
     assert "no live version '0'" in answer.json()["error"]
+
+
+def test_latency_is_labelled_by_route_template(http: httpx.Client) -> None:
+    assert http.post(f"/v2/models/{MODEL}/infer", json={"inputs": json_inputs(rank_body(n=5, k=2))}).status_code == 200
+    assert http.get("/no/such/path").status_code == 404
+    exposition = http.get("/metrics").text
+    assert 'liverank_request_duration_seconds_count{route="/v2/models/{name}/infer",status="200"} 1.0' in exposition
+    assert 'route="other",status="404"' in exposition
+    assert MODEL not in "".join(line for line in exposition.splitlines() if "request_duration" in line)
