@@ -26,6 +26,7 @@ from liverank.serving.settings import Settings
 
 log = logging.getLogger(__name__)
 
+
 class _LatencyMiddleware:
     """Request latency by route and status (pure ASGI: no per-request middleware objects).
 
