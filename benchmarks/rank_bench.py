@@ -30,12 +30,13 @@ from liverank.benchmarks.rank_live import LiveSetup, deltas_under_load, swaps_un
 from liverank.benchmarks.rank_points import rank_points
 from liverank.benchmarks.rank_targets import evaluate_targets
 from liverank.benchmarks.redis_peer import RedisServer
-from liverank.benchmarks.servers import ServerProcess, baseline_server, liverank_server
+from liverank.benchmarks.servers import baseline_server, liverank_server
 from liverank.benchmarks.steplog import StepLog
 from liverank.benchmarks.w500 import RequestMaker, W500Tables, make_tables, to_rows
 from liverank.benchmarks.workdir import run_dir
 from liverank.exporter.archive import archive_bundle
 from liverank.exporter.synthetic import build_synthetic_bundle
+from liverank.server_process import ServerProcess
 from liverank.serving.settings import Settings
 from liverank.store.manifest import Manifest
 
@@ -213,8 +214,8 @@ def _bench_size(
     base = baseline_server(bundles.live_dir, redis_server.port, settings.onnx_threads, size_dir)
     with live, base:
         log("size %s: starting liverank serve (RAM tier warm-up) and the baseline", label)
-        live.start(settings.ready_timeout_s)
-        base.start(settings.ready_timeout_s)
+        live.start(timeout_s=settings.ready_timeout_s)
+        base.start(timeout_s=settings.ready_timeout_s)
         out["startup_s"] = {"liverank": live.startup_s, "baseline": base.startup_s}
         out["server_rss_bytes_at_start"] = {"liverank": live.rss_bytes(), "baseline": base.rss_bytes()}
         out["answers"] = check_answers(live, base, bodies_liverank, bodies_baseline)
@@ -228,7 +229,7 @@ def _bench_size(
         }
         out["rank"] = rank_points(specs, {"liverank": live, "baseline": base}, redis_server, settings, size_dir, log)
         with httpx.Client(
-            base_url=live.base_url, headers={"authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=120.0
+            base_url=live.url, headers={"authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=120.0
         ) as admin:
             setup = LiveSetup(
                 live.port,
@@ -266,8 +267,8 @@ def check_answers(live: ServerProcess, base: ServerProcess, liverank: Path, base
     same_order = 0
     with httpx.Client(timeout=60.0) as client:
         for a, b in zip(live_bodies, base_bodies, strict=True):
-            got_live = client.post(f"{live.base_url}/v1/rank", content=a, headers={"content-type": "application/json"})
-            got_base = client.post(f"{base.base_url}/rank", content=b, headers={"content-type": "application/json"})
+            got_live = client.post(f"{live.url}/v1/rank", content=a, headers={"content-type": "application/json"})
+            got_base = client.post(f"{base.url}/rank", content=b, headers={"content-type": "application/json"})
             if got_live.status_code != 200 or got_base.status_code != 200:
                 raise RuntimeError(
                     f"a check request failed: liverank {got_live.status_code} {got_live.text[:300]}, "

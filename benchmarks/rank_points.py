@@ -11,9 +11,10 @@ from typing import TYPE_CHECKING, Any
 
 from liverank.benchmarks.load import LoadSpec, run_load
 from liverank.benchmarks.redis_peer import RedisServer
-from liverank.benchmarks.servers import ServerProcess, machine_busy_s
+from liverank.benchmarks.servers import machine_busy_s
 from liverank.benchmarks.stats import Summary
 from liverank.benchmarks.steplog import StepLog
+from liverank.server_process import ServerProcess
 
 if TYPE_CHECKING:
     from liverank.benchmarks.rank_bench import RankBenchSettings

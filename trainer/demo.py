@@ -34,7 +34,7 @@ from liverank.trainer.dashboard import Snapshot, console_is_live, progress_line,
 from liverank.trainer.demo_report import write_chart, write_summary
 from liverank.trainer.features import short_video_manifest
 from liverank.trainer.online import OnlineTrainer, TrainerConfig
-from liverank.trainer.servers import ServerProcess
+from liverank.trainer.servers import LiverankServer
 from liverank.trainer.sync import Pusher
 from liverank.trainer.synthetic_stream import ShortVideoStream
 from liverank.trainer.traffic import TrafficGenerator
@@ -92,7 +92,7 @@ class Demo:
         self.trainer.take_sparse_update()  # the snapshot below carries every row
         bundle_v1 = self._export(1)
         rows = self.trainer.all_rows()
-        servers = {name: ServerProcess(name, self.workdir / name, bundle_v1, self.out) for name in ("fresh", "frozen")}
+        servers = {name: LiverankServer(name, self.workdir / name, bundle_v1, self.out) for name in ("fresh", "frozen")}
         for server in servers.values():
             server.start()
             with PushClient(server.url, server.token) as client:
@@ -107,7 +107,7 @@ class Demo:
             for server in servers.values():
                 server.stop()
 
-    def _serve_and_learn(self, servers: dict[str, ServerProcess], builder_seq: int) -> dict[str, Any]:
+    def _serve_and_learn(self, servers: dict[str, LiverankServer], builder_seq: int) -> dict[str, Any]:
         args = self.args
         fresh = servers["fresh"]
         pusher = Pusher(fresh.url, fresh.token)
@@ -186,7 +186,7 @@ class Demo:
 
     def _summary(
         self,
-        servers: dict[str, ServerProcess],
+        servers: dict[str, LiverankServer],
         pusher: Pusher,
         traffic: TrafficGenerator,
         series: list[dict[str, Any]],
