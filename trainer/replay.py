@@ -46,8 +46,7 @@ from liverank.store.manifest import Manifest
 from liverank.trainer.datasets import DATASETS, DatasetUnavailable, ReplayData, load
 from liverank.trainer.events import F32Array, I64Array
 from liverank.trainer.features import IdColumn
-from liverank.trainer.generic import ColumnBatch, GenericTrainer, Tower
-from liverank.trainer.online import Rows, TrainerConfig
+from liverank.trainer.generic import ColumnBatch, GenericTrainer, Rows, Tower, TrainerConfig
 from liverank.trainer.replay_report import log_loss, summarise, write_chart, write_json, write_markdown
 from liverank.trainer.servers import LiverankServer
 from liverank.trainer.synthetic_stream import roc_auc
