@@ -40,14 +40,34 @@ def _dists(text: str) -> tuple[str, ...]:
     return names
 
 
-def _add_store_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+_SubParsers = argparse._SubParsersAction[argparse.ArgumentParser]
+
+
+def _benchmark_parser(subparsers: _SubParsers, name: str, *, help: str, description: str) -> argparse.ArgumentParser:
+    """One benchmark's subcommand with the options every benchmark shares: where the figures go, the seed and
+    distribution of the generated ids, the run directory, the Redis peer, progress lines. ``run(args)`` of
+    ``liverank.benchmarks.<name>_command`` runs it."""
     p = subparsers.add_parser(
+        name, help=help, description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    p.set_defaults(command_module=f"liverank.benchmarks.{name}_command")
+    p.add_argument("--json", type=Path, default=None, metavar="PATH", help="write the figures here")
+    p.add_argument("--zipf-s", type=float, default=1.1, help="Zipf exponent of popular ids")
+    p.add_argument("--seed", type=int, default=20_240_601, help="seed of every generator")
+    p.add_argument("--workdir", type=Path, default=None, help="where the run directory goes (default: temp)")
+    p.add_argument("--keep", action="store_true", help="keep the run directory (stores, logs, load results)")
+    p.add_argument("--redis-server", default=None, help="redis-server executable (default: from PATH)")
+    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    return p
+
+
+def _add_store_parser(subparsers: _SubParsers) -> None:
+    p = _benchmark_parser(
+        subparsers,
         "store",
         help="embedding store lookups, delta apply and open time against Redis, py-lmdb, numpy and a dict",
         description="Build stores of each size, then measure every peer side by side in one run.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--json", type=Path, default=None, metavar="PATH", help="write the figures here")
     p.add_argument("--markdown", type=Path, default=None, metavar="PATH", help="also write markdown tables here")
     p.add_argument("--sizes", type=_counts, default=(1_000_000, 10_000_000), help="table sizes (keys), comma list")
     p.add_argument("--batches", type=_counts, default=(1_000, 10_000), help="lookup batch sizes, comma list")
@@ -55,29 +75,21 @@ def _add_store_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPa
     p.add_argument("--repeats", type=_count, default=5, help="runs per figure (median, min, max)")
     p.add_argument("--keys-per-run", type=_count, default=300_000, help="keys each peer looks up per run")
     p.add_argument("--dim", type=_count, default=32, help="embedding dimension (float32)")
-    p.add_argument("--zipf-s", type=float, default=1.1, help="Zipf exponent of popular ids")
-    p.add_argument("--seed", type=int, default=20_240_601, help="seed of every generator")
     p.add_argument("--delta-rows", type=_count, default=10_000, help="rows per delta in the apply benchmark")
     p.add_argument("--new-id-fraction", type=float, default=0.05, help="share of never-seen ids in a delta")
     p.add_argument("--deltas-per-run", type=_count, default=10, help="deltas applied per apply run")
     p.add_argument("--build-delta-rows", type=_count, default=100_000, help="rows per delta when building")
     p.add_argument("--open-repeats", type=_count, default=3, help="reopens timed per size")
     p.add_argument("--idle-s", type=float, default=0.0, help="idle pause before first lookups (0: skip)")
-    p.add_argument("--workdir", type=Path, default=None, help="where the run directory goes (default: temp)")
-    p.add_argument("--keep", action="store_true", help="keep the run directory (stores, batches)")
-    p.add_argument("--redis-server", default=None, help="redis-server executable (default: from PATH)")
-    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
-    p.set_defaults(command_module="liverank.benchmarks.store_command")
 
 
-def _add_rank_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = subparsers.add_parser(
+def _add_rank_parser(subparsers: _SubParsers) -> None:
+    p = _benchmark_parser(
+        subparsers,
         "rank",
         help="W-500 ranking through liverank serve vs FastAPI + Redis MGET + ONNX Runtime; deltas and swaps under load",
         description="Fill both servers with the same rows, then measure ranking, live deltas and bundle swaps.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--json", type=Path, default=None, metavar="PATH", help="write the figures here")
     p.add_argument("--sizes", type=_counts, default=(1_000_000, 10_000_000), help="rows of the largest slots")
     p.add_argument("--dim", type=_count, default=32, help="embedding dimension (16 or 32, float32)")
     p.add_argument("--concurrency", type=_counts, default=(1, 4, 16), help="closed-loop clients, comma list")
@@ -89,13 +101,6 @@ def _add_rank_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
     p.add_argument("--onnx-threads", type=_count, default=1, help="intra-op threads of both servers' ONNX sessions")
     p.add_argument("--fill-delta-rows", type=_count, default=250_000, help="rows per delta when filling the store")
     p.add_argument("--client", choices=["raw", "httpx"], default="raw", help="load generator's HTTP client")
-    p.add_argument("--zipf-s", type=float, default=1.1, help="Zipf exponent of popular ids")
-    p.add_argument("--seed", type=int, default=20_240_601, help="seed of every generator")
-    p.add_argument("--workdir", type=Path, default=None, help="where the run directory goes (default: temp)")
-    p.add_argument("--keep", action="store_true", help="keep the run directory (stores, logs, load results)")
-    p.add_argument("--redis-server", default=None, help="redis-server executable (default: from PATH)")
-    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
-    p.set_defaults(command_module="liverank.benchmarks.rank_command")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -47,7 +47,8 @@ def header_lines(result: dict[str, Any]) -> list[str]:
         f"liverank: {live['workers']} worker, ONNX threads {live['onnx_threads']}, gc.freeze {live['gc_freeze']}, "
         f"durability {live['durability']} · baseline: {base['workers']} worker, ONNX threads "
         f"{base['onnx_threads']}, gc.freeze {base['gc_freeze']}",
-        "NOTE: the load generator is a separate process on the SAME 2 cores: it competes with the server for CPU "
+        f"NOTE: the load generator is a separate process on the SAME {m['cores']} cores: it competes with the server "
+        "for CPU "
         "(its share is the 'client' column); 'cores all' is the whole machine's busy CPU during the point (server + "
         "client + Redis + any other process); 'r' is Redis; CPU ms/req is the server's CPU time per request (the "
         "figure contention distorts least).",

@@ -21,6 +21,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -63,8 +64,17 @@ def _parser() -> argparse.ArgumentParser:
 class Demo:
     """One demo run; ``run`` returns the summary."""
 
-    def __init__(self, args: argparse.Namespace, workdir: Path, out: Path, console: Console) -> None:
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        workdir: Path,
+        out: Path,
+        console: Console,
+        *,
+        stop_when: Callable[[Snapshot], bool] | None = None,
+    ) -> None:
         self.args = args
+        self.stop_when = stop_when
         self.workdir = workdir
         self.out = out
         self.console = console
@@ -154,6 +164,8 @@ class Demo:
                     series.append(self._point(traffic, now - t0, next_point - SERIES_STEP_S, next_point))
                     next_point += SERIES_STEP_S
                 snap = self._snapshot(now - t0, events0, sim0, pusher, traffic)
+                if self.stop_when is not None and self.stop_when(snap):
+                    break
                 if live:
                     view.update(render(snap))
                 elif now - last_line >= 5.0:
@@ -243,7 +255,8 @@ class _NoLive:
         return None
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str], *, stop_when: Callable[[Snapshot], bool] | None = None) -> int:
+    """``liverank demo``. ``stop_when`` (for tests) ends the run early, before ``--duration-s``, once it holds."""
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     console = Console()
@@ -251,7 +264,7 @@ def main(argv: list[str]) -> int:
     out.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="liverank-demo-"))
     try:
-        summary = Demo(args, workdir, out, console).run()
+        summary = Demo(args, workdir, out, console, stop_when=stop_when).run()
     except KeyboardInterrupt:
         console.print("interrupted")
         return 130
