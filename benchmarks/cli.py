@@ -11,6 +11,7 @@ import argparse
 import importlib
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeAlias
 
 _SUFFIXES = {"k": 1_000, "m": 1_000_000}
 
@@ -40,7 +41,8 @@ def _dists(text: str) -> tuple[str, ...]:
     return names
 
 
-_SubParsers = argparse._SubParsersAction[argparse.ArgumentParser]
+if TYPE_CHECKING:  # argparse's action class is generic only to type checkers
+    _SubParsers: TypeAlias = argparse._SubParsersAction[argparse.ArgumentParser]
 
 
 def _benchmark_parser(subparsers: _SubParsers, name: str, *, help: str, description: str) -> argparse.ArgumentParser:
