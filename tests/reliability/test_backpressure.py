@@ -80,7 +80,7 @@ def test_a_full_inbox_answers_429_with_retry_after_and_stays_bounded(
                     if answer.status_code != 429 or answer.json().get("code") != "inbox_full":
                         unexpected.append(f"p{index}/{seq}: {answer.status_code} {answer.text[:200]}")
                         return
-                    found = re.search(r"the inbox holds (\d+) deltas", answer.json().get("message", ""))
+                    found = re.search(r"the inbox holds (\d+) deltas", answer.json().get("detail", ""))
                     with lock:
                         retry_after.add(answer.headers.get("retry-after"))
                         refused_depths.append(int(found.group(1)) if found else -1)
