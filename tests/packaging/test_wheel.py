@@ -31,7 +31,8 @@ import pytest
 
 from liverank.server_process import ServerProcess, serve_command
 
-pytestmark = pytest.mark.slow
+# The first test carries the fixture's build and pip install: minutes on a loaded machine, not pytest's 600 s.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BARE_NAMES = ("store", "serving", "exporter", "trainer", "loadtest", "benchmarks")

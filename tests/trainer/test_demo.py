@@ -43,6 +43,7 @@ def _enough(snap: Snapshot) -> bool:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(DEADLINE_S + 600)  # the warm-up and the summary come on top of the deadline
 def test_a_short_demo_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "demo"
     args = ["--duration-s", str(DEADLINE_S), "--sim-speed", "20", "--dense-sync-s", "15", "--seed", "3"]
