@@ -2,8 +2,9 @@
 
 The one helper behind every ``liverank serve`` that liverank starts for itself: the demo and the replay
 experiments, the benchmarks (which also start their baseline app through it), the load tests, the reliability tests
-and ``scripts/kill9_series.py``. It imports nothing of liverank (the load tests, which may import no server code,
-use it too): the server runs as ``python -m liverank.cli serve`` (or any other command line) in its own process.
+and ``scripts/kill9_series.py``. It imports no server code, only ``liverank.errors`` (the load tests, which may import
+none, use it too): the server runs as ``python -m liverank.cli serve`` (or any other command line) in its own
+process.
 
 Port 0 by default: the server binds a free port itself and the port is read back from uvicorn's start-up line
 (``Uvicorn running on http://127.0.0.1:<port>``), so two servers can never race for one port. The child's stdout
@@ -27,6 +28,8 @@ from typing import IO
 
 import httpx
 
+from liverank.errors import LiverankError
+
 _PORT_LINE = re.compile(rb"Uvicorn running on http://[^:\s]+:(\d+)")
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 START_TIMEOUT_S = 120.0
@@ -49,8 +52,17 @@ def serve_command(
     return command + list(args)
 
 
-class ServerExited(RuntimeError):
+class ServerNotStarted(LiverankError):
+    """A server child process did not become ready: it ended (e.g. a refused start-up) or ran out of time. The
+    message carries the end of its log."""
+
+    code = "server_not_started"
+
+
+class ServerExited(ServerNotStarted):
     """The server process ended before it was ready (e.g. a refused start-up)."""
+
+    code = "server_exited"
 
     def __init__(self, name: str, returncode: int, log_tail: str) -> None:
         super().__init__(f"{name} exited with {returncode}:\n{log_tail}")
@@ -110,7 +122,7 @@ class ServerProcess:
     def start(self, *, ready: bool = True, timeout_s: float = START_TIMEOUT_S) -> ServerProcess:
         """Start the process; return once its port is known and (``ready``) ``ready_path`` answers 200."""
         if self.running:
-            raise RuntimeError(f"{self.name} is already running")
+            raise RuntimeError(f"{self.name} is already running")  # a caller's mistake, not a user's
         self._close_log()
         started = time.monotonic()
         deadline = started + timeout_s
@@ -156,7 +168,9 @@ class ServerProcess:
             raise ServerExited(self.name, returncode, self.log_text()[-4000:])
         if time.monotonic() > deadline:
             self.kill()
-            raise RuntimeError(f"{self.name} was not ready in time; log {self.log_path}:\n{self.log_text()[-4000:]}")
+            raise ServerNotStarted(
+                f"{self.name} was not ready in time; log {self.log_path}:\n{self.log_text()[-4000:]}"
+            )
 
     def wait_exit(self, timeout_s: float = START_TIMEOUT_S) -> int:
         """For a process expected to end by itself (a refused start-up): its exit code."""
@@ -224,7 +238,7 @@ def wait_ready(
     url: str, timeout_s: float, ready_path: str = "/readyz", *, check: Callable[[], None] | None = None
 ) -> None:
     """Poll ``url + ready_path`` until it answers 200; ``check`` (called between polls) may raise to give up early.
-    Raises RuntimeError when the time runs out."""
+    Raises ServerNotStarted when the time runs out."""
     deadline = time.monotonic() + timeout_s
     with httpx.Client(base_url=url, timeout=5.0) as client:
         while True:
@@ -236,7 +250,7 @@ def wait_ready(
             if check is not None:
                 check()
             if time.monotonic() > deadline:
-                raise RuntimeError(f"{url} was not ready after {timeout_s:.0f} s")
+                raise ServerNotStarted(f"{url} was not ready after {timeout_s:.0f} s")
             time.sleep(_POLL_S)
 
 

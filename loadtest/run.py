@@ -31,7 +31,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from liverank.server_process import ServerProcess, serve_command, wait_ready
+from liverank.server_process import ServerNotStarted, ServerProcess, serve_command, wait_ready
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 MAP_SIZE_BYTES = 4 * 1024**3
@@ -260,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
             print("loadtest: LIVERANK_ADMIN_TOKEN is not set: ranking users only (no deltas, no bundle swaps)")
         print(f"loadtest: {url}, results in {results}", flush=True)
         code = locust_run(config, url, results, env)
-    except (RuntimeError, OSError, subprocess.CalledProcessError) as exc:
+    except (ServerNotStarted, RuntimeError, OSError, subprocess.CalledProcessError) as exc:
         print(f"loadtest: cannot start: {exc} (server log: {results / 'server.log'})", file=sys.stderr)
         return 2
     finally:
