@@ -114,10 +114,10 @@ def _record(installed: Installed) -> list[str]:
 def _tree_packages() -> set[str]:
     """The repository's packages under ``liverank`` (symlinked folders followed), the benchmarks left out."""
     found = set()
-    for init in (REPO_ROOT / "liverank").rglob("__init__.py"):
-        parts = init.parent.relative_to(REPO_ROOT).parts
-        if "__pycache__" not in parts:
-            found.add(".".join(parts))
+    for folder, dirs, files in os.walk(REPO_ROOT / "liverank", followlinks=True):
+        dirs[:] = [d for d in dirs if d != "__pycache__"]
+        if "__init__.py" in files:
+            found.add(".".join(Path(folder).relative_to(REPO_ROOT).parts))
     return {p for p in found if p != "liverank.benchmarks" and not p.startswith("liverank.benchmarks.")}
 
 
