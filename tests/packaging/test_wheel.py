@@ -8,7 +8,8 @@ build isolation, the C kernel compiled), installs it with the ``train`` extra (t
 the CPU build on disk) into a new venv without the repository on its path, and checks:
 
 - what it installs: exactly ``liverank/``, its dist-info and the ``liverank`` console script (read off RECORD);
-- every package of the tree but the benchmarks, the package data (``py.typed``, the kernel's source and stub) and
+- every package of the tree but the benchmarks, every data file of the package tree (``py.typed``, the kernel's
+  source and stub, the status page's assets) and
   the compiled kernel;
 - that the bare names (``import store``) and ``liverank.benchmarks`` do not import;
 - ``liverank --help``, ``liverank export synthetic``, ``liverank serve`` ranking one request over HTTP and
@@ -121,6 +122,19 @@ def _tree_packages() -> set[str]:
     return {p for p in found if p != "liverank.benchmarks" and not p.startswith("liverank.benchmarks.")}
 
 
+def _tree_data_files() -> set[str]:
+    """Files of the package tree that are not Python modules (the kernel's source and stub, ``py.typed``, the status
+    page's assets), as wheel paths; the benchmarks and build products left out."""
+    found = set()
+    for folder, dirs, files in os.walk(REPO_ROOT / "liverank", followlinks=True):
+        dirs[:] = [d for d in dirs if d != "__pycache__"]
+        relative = Path(folder).relative_to(REPO_ROOT)
+        if relative.parts[:2] == ("liverank", "benchmarks"):
+            continue
+        found |= {(relative / f).as_posix() for f in files if not f.endswith((".py", ".so", ".pyc"))}
+    return found
+
+
 def test_the_wheel_installs_liverank_and_nothing_beside_it(installed: Installed) -> None:
     record = _record(installed)
     scripts = {Path(path).name for path in record if path.startswith("../")}
@@ -143,8 +157,10 @@ def test_every_package_of_the_tree_but_the_benchmarks_is_in_the_wheel(installed:
 
 def test_the_package_data_and_the_compiled_kernel_are_in_the_wheel(installed: Installed) -> None:
     record = set(_record(installed))
-    for data in ("liverank/py.typed", "liverank/store/_kernel.c", "liverank/store/_kernel.pyi"):
-        assert data in record
+    data = _tree_data_files()
+    assert {"liverank/py.typed", "liverank/store/_kernel.c", "liverank/store/_kernel.pyi"} <= data
+    assert any(p.startswith("liverank/serving/api/static/") for p in data)
+    assert data - record == set()  # every data file of the tree is installed
     assert any(p.startswith("liverank/store/_kernel.") and p.endswith(".so") for p in record)
     loaded = installed.run(installed.python, "-c", "import liverank.store._kernel as k; print(k.__file__)")
     assert loaded.returncode == 0, loaded.stderr
@@ -195,6 +211,8 @@ def test_the_installed_command_exports_serves_and_ranks(installed: Installed) ->
         items = answer.json()["items"]
         assert len(items) == 2
         assert {item["id"] for item in items} <= {10, 11, 12, 13}
+        status_page = client.get("/status")  # served from the package's static files
+        assert status_page.status_code == 200, status_page.text[:200]
     assert server.proc is not None
     assert server.proc.returncode is not None
 
