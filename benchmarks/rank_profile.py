@@ -84,6 +84,7 @@ def _staged_after(services: Services, body: bytes, clock: Clock) -> list[float]:
         embedding_age_max_s_by_slot=_slot_ages(lookup, now_ms),
         lookup_s=0.0,
         dense_s=0.0,
+        dense_cpu_s=0.0,
         source=lookup.source,
     ).to_json()
     t.append(clock())

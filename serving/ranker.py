@@ -41,6 +41,7 @@ class RankResult:
     embedding_age_max_s_by_slot: dict[str, float]
     lookup_s: float
     dense_s: float
+    dense_cpu_s: float  # CPU time of this thread inside ONNX Runtime
     source: str
 
     def to_json(self) -> dict[str, Any]:
@@ -92,9 +93,9 @@ class Ranker:
         lookup = self._store.lookup_many(per_slot, now_ms=now_ms)
         user = _assemble(manifest, "user", request.user, segments, lookup, 1)
         candidates = _assemble(manifest, "candidate", request.candidates, segments, lookup, request.n_candidates)
-        looked_up = time.perf_counter()
+        looked_up, cpu_before = time.perf_counter(), time.thread_time()
         heads = live.runner.run(user, candidates)
-        dense_done = time.perf_counter()
+        dense_done, dense_cpu_s = time.perf_counter(), time.thread_time() - cpu_before
         score = np.zeros(request.n_candidates, dtype=np.float32)
         for head, weight in request.blend.items():
             score += np.float32(weight) * heads[head]
@@ -115,6 +116,7 @@ class Ranker:
             embedding_age_max_s_by_slot=_slot_ages(lookup, now_ms),
             lookup_s=looked_up - started,
             dense_s=dense_done - looked_up,
+            dense_cpu_s=dense_cpu_s,
             source=lookup.source,
         )
 

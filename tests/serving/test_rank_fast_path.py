@@ -4,9 +4,11 @@ store and a real ONNX Runtime session; and the kernel's helpers agree with their
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import numpy as np
 import orjson
 import pytest
@@ -23,6 +25,7 @@ from liverank.serving.request import Limits, parse_rank_request
 from liverank.serving.runner import OnnxRunner
 from liverank.store import EmbeddingStore, SlotDelta, SparseDelta
 from liverank.store.manifest import Manifest
+from tests.serving.conftest import LiveServer, rank_body
 
 DIM = 16
 Setup = tuple[Ranker, LiveModel, EmbeddingStore, RequestMaker]
@@ -135,3 +138,17 @@ def test_bad_ids_in_a_request_are_clear_4xx_errors(w500: Setup) -> None:
             parse_rank_request(doc, manifest, LIMITS)
         assert feature in str(caught.value)
         assert len(str(caught.value)) < 300  # a huge bad value is not echoed whole
+
+
+def test_the_server_counts_its_cpu_time_inside_onnx_runtime(server: LiveServer) -> None:
+    def onnx_cpu_s(client: httpx.Client) -> float:
+        text = client.get("/metrics").text
+        (line,) = [x for x in text.splitlines() if x.startswith("liverank_onnx_cpu_seconds_total ")]
+        return float(line.split()[1])
+
+    with server.client() as client:
+        before = onnx_cpu_s(client)
+        for seed in range(3):
+            assert client.post("/v1/rank", json=rank_body(n=200, seed=seed)).status_code == 200
+        spent = onnx_cpu_s(client) - before
+    assert 0 < spent < time.process_time()  # some, and no more than the whole process has used
