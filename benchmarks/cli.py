@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -70,6 +71,11 @@ def _add_store_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPa
     p.set_defaults(command_module="liverank.benchmarks.store_command")
 
 
+def _default_workers() -> tuple[int, ...]:
+    cores = len(os.sched_getaffinity(0))
+    return (1,) if cores == 1 else (1, cores)
+
+
 def _add_rank_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser(
         "rank",
@@ -81,6 +87,12 @@ def _add_rank_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
     p.add_argument("--sizes", type=_counts, default=(1_000_000, 10_000_000), help="rows of the largest slots")
     p.add_argument("--dim", type=_count, default=32, help="embedding dimension (16 or 32, float32)")
     p.add_argument("--concurrency", type=_counts, default=(1, 4, 16), help="closed-loop clients, comma list")
+    p.add_argument(
+        "--workers",
+        type=_counts,
+        default=_default_workers(),
+        help="liverank serve --workers values, comma list: one server each, in turn (default: 1 and every core)",
+    )
     p.add_argument("--duration-s", type=float, default=20.0, help="measured seconds per point")
     p.add_argument("--warmup-s", type=float, default=2.0, help="unmeasured seconds before each point")
     p.add_argument("--repeats", type=_count, default=3, help="runs per figure (median, min, max)")
