@@ -6,7 +6,8 @@ with the serving path in the same run. Valid requests with integer ids and numer
 tiny preset): the serving path's validation is tested on its own.
 
 Stages, as the serving path has them: ``parse`` (numpy infers each id column's dtype from the list, then Python
-looks for JSON booleans among 0/1 values), ``assemble`` (a fresh array per side, pooling with ``add.reduceat``),
+looks for JSON booleans among 0/1 values), ``assemble`` (a fresh array per side, pooling with ``add.reduceat``:
+``columns.pool_numpy``),
 ``answer`` (one object per ranked item, then the JSON document).
 """
 
@@ -17,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from liverank.serving.columns import pool_numpy
 from liverank.serving.model_slot import LiveModel
 from liverank.serving.ranker import _plan_lookups, _Segment
 from liverank.serving.request import Column, RankRequest
@@ -58,18 +60,6 @@ def parse(doc: dict[str, Any], manifest: Manifest) -> RankRequest:
     return RankRequest(user, candidates, n, min(int(doc.get("k", 50)), n), {k: float(v) for k, v in blend.items()})
 
 
-def pool(rows: FloatArray, lengths: Lengths, mean: bool) -> FloatArray:
-    """Sum (or mean) of consecutive runs of ``rows``, one run per length; an empty list pools to zeros."""
-    pooled = np.zeros((len(lengths), rows.shape[1]), dtype=np.float32)
-    nonempty = lengths > 0
-    if rows.shape[0]:
-        starts = (np.cumsum(lengths) - lengths)[nonempty]
-        pooled[nonempty] = np.add.reduceat(rows, starts, axis=0)
-        if mean:
-            pooled[nonempty] /= lengths[nonempty, None].astype(np.float32)
-    return pooled
-
-
 def assemble(
     manifest: Manifest, side: str, columns: dict[str, Column], segments: dict[str, _Segment], lookup: Lookup, n: int
 ) -> FloatArray:
@@ -89,7 +79,7 @@ def assemble(
             out[:, start:stop] = rows
         else:
             assert column.lengths is not None
-            out[:, start:stop] = pool(rows, column.lengths, feature.pooling == "mean")
+            out[:, start:stop] = pool_numpy(rows, column.lengths, feature.pooling == "mean")
     return out
 
 

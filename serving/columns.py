@@ -115,11 +115,16 @@ def pool_into(out: FloatArray, col: int, rows: FloatArray, lengths: Lengths, *, 
         rows32 = np.ascontiguousarray(rows, dtype=np.float32)
         _kernel.pool_into(rows32, np.ascontiguousarray(lengths, dtype=np.int64), out, dim, width, col, mean)
         return
-    pooled = np.zeros((n_rows, dim), dtype=np.float32)
+    out[:, col : col + dim] = pool_numpy(rows, lengths, mean)
+
+
+def pool_numpy(rows: FloatArray, lengths: Lengths, mean: bool) -> FloatArray:
+    """The numpy version of ``pool_into``'s sums (or means), as a new (len(lengths), dim) array."""
+    pooled = np.zeros((len(lengths), rows.shape[1]), dtype=np.float32)
     nonempty = lengths > 0
     if rows.shape[0]:
         starts = (np.cumsum(lengths) - lengths)[nonempty]
         pooled[nonempty] = np.add.reduceat(rows, starts, axis=0)
         if mean:
             pooled[nonempty] /= lengths[nonempty, None].astype(np.float32)
-    out[:, col : col + dim] = pooled
+    return pooled

@@ -96,9 +96,7 @@ class Ranker:
         looked_up, cpu_before = time.perf_counter(), time.thread_time()
         heads = live.runner.run(user, candidates)
         dense_done, dense_cpu_s = time.perf_counter(), time.thread_time() - cpu_before
-        score = np.zeros(request.n_candidates, dtype=np.float32)
-        for head, weight in request.blend.items():
-            score += np.float32(weight) * heads[head]
+        score = blend(request, heads)
         top = _top_k(score, request.k)
         age_max, age_median = _ages(lookup, now_ms)
         return RankResult(
@@ -184,6 +182,14 @@ def _input_buffer(side: str, n_rows: int, width: int) -> FloatArray:
         buffer = np.empty((n_rows, width), dtype=np.float32)
         held[side] = buffer
     return buffer[:n_rows]
+
+
+def blend(request: RankRequest, heads: dict[str, FloatArray]) -> FloatArray:
+    """Each candidate's score: the request's weighted sum of head probabilities (float32)."""
+    score = np.zeros(request.n_candidates, dtype=np.float32)
+    for head, weight in request.blend.items():
+        score += np.float32(weight) * heads[head]
+    return score
 
 
 def _top_k(score: FloatArray, k: int) -> np.ndarray[Any, np.dtype[np.intp]]:
