@@ -64,6 +64,9 @@ def _rank_table(size: dict[str, Any]) -> Table:
         f"({ceiling.get('cores')} cores / {_num(ceiling.get('onnx_cpu_ms_per_request'))} ONNX Runtime CPU ms per "
         "request, measured in this run)"
     )
+    if size.get("workers_skipped"):
+        skipped = ", ".join(str(w) for w in size["workers_skipped"])
+        title += f"; NOT measured: --workers {skipped} (this liverank serve has no --workers flag)"
     table = Table(title=title, title_justify="left")
     for header in ("c", "server", "workers", "p50", "p99", "rps", "rps l/b", "of ceiling", "CPU ms/req"):
         table.add_column(header, justify="right")
