@@ -117,6 +117,7 @@ def _staged_before(services: Services, body: bytes, clock: Clock) -> list[float]
     top = _top_k(score, request.k)
     t.append(clock())
     _ages(lookup, now_ms)
+    _slot_ages(lookup, now_ms)
     doc_out = rank_reference.answer(live, request, lookup, score, heads, top)
     t.append(clock())
     orjson.dumps(doc_out)
