@@ -162,7 +162,7 @@ def _string_ids(values: list[Any], slot: SlotConfig) -> bool:
 
 
 def _bad_id(exc: BadId, slot: SlotConfig, what: str) -> WrongType:
-    return WrongType(f"{what}: ids of slot {slot.name!r} must be integers in 0..2**64-1, got {reprlib.repr(exc.value)}")
+    return WrongType(f"{what}: ids must be integers in 0..2**64-1 (slot {slot.name!r}), got {reprlib.repr(exc.value)}")
 
 
 def _max_len(feature: Feature, limits: Limits) -> int:
