@@ -37,10 +37,11 @@ from liverank.benchmarks.steplog import StepLog
 from liverank.benchmarks.w500 import RequestMaker, make_tables
 from liverank.exporter.synthetic import build_synthetic_bundle
 from liverank.serving.api.routes_rank import rank_json
-from liverank.serving.ranker import RankResult, _ages, _assemble, _plan_lookups, _slot_ages, _top_ids, _top_k, blend
+from liverank.serving.ranker import RankResult, _ages, _assemble, _plan_lookups, _top_ids, _top_k, blend
 from liverank.serving.request import parse_rank_request
 from liverank.serving.services import Services
 from liverank.serving.settings import Settings
+from liverank.store import Lookup
 
 STAGES = ("json_decode", "parse", "plan", "lookup", "assemble", "onnx", "blend_topk", "answer", "json_encode")
 PATHS = ("before", "after")
@@ -68,7 +69,7 @@ def _staged_after(services: Services, body: bytes, clock: Clock) -> list[float]:
     score = blend(request, heads)
     top = _top_k(score, request.k)
     t.append(clock())
-    age_max, age_median = _ages(lookup, now_ms)
+    age_max, age_median, age_by_slot = _ages(lookup, now_ms)
     doc_out = RankResult(
         top=top,
         scores=score[top],
@@ -81,7 +82,7 @@ def _staged_after(services: Services, body: bytes, clock: Clock) -> list[float]:
         ids_by_slot={slot: len(got.unseen) for slot, got in lookup.slots.items()},
         embedding_age_max_s=age_max,
         embedding_age_median_s=age_median,
-        embedding_age_max_s_by_slot=_slot_ages(lookup, now_ms),
+        embedding_age_max_s_by_slot=age_by_slot,
         lookup_s=0.0,
         dense_s=0.0,
         dense_cpu_s=0.0,
@@ -116,13 +117,23 @@ def _staged_before(services: Services, body: bytes, clock: Clock) -> list[float]
     score = blend(request, heads)
     top = _top_k(score, request.k)
     t.append(clock())
-    _ages(lookup, now_ms)
-    _slot_ages(lookup, now_ms)
+    _ages_before(lookup, now_ms)
     doc_out = rank_reference.answer(live, request, lookup, score, heads, top)
     t.append(clock())
     orjson.dumps(doc_out)
     t.append(clock())
     return t
+
+
+def _ages_before(lookup: Lookup, now_ms: int) -> None:
+    """The answer's ages as the serving path computed them before: per slot, then over all slots."""
+    for got in lookup.slots.values():
+        seen = got.updated_at_ms[~got.unseen]
+        if seen.size:
+            (now_ms - int(seen.min())) / 1000.0
+    times = [got.updated_at_ms[~got.unseen] for got in lookup.slots.values()]
+    ages_s = (now_ms - np.concatenate(times)) / 1000.0
+    float(ages_s.max()), float(np.median(ages_s))
 
 
 _PATHS: dict[str, Callable[[Services, bytes, Clock], list[float]]] = {

@@ -98,7 +98,7 @@ class Ranker:
         dense_done, dense_cpu_s = time.perf_counter(), time.thread_time() - cpu_before
         score = blend(request, heads)
         top = _top_k(score, request.k)
-        age_max, age_median = _ages(lookup, now_ms)
+        age_max, age_median, age_by_slot = _ages(lookup, now_ms)
         return RankResult(
             top=top,
             scores=score[top],
@@ -111,7 +111,7 @@ class Ranker:
             ids_by_slot={slot: len(got.unseen) for slot, got in lookup.slots.items()},
             embedding_age_max_s=age_max,
             embedding_age_median_s=age_median,
-            embedding_age_max_s_by_slot=_slot_ages(lookup, now_ms),
+            embedding_age_max_s_by_slot=age_by_slot,
             lookup_s=looked_up - started,
             dense_s=dense_done - looked_up,
             dense_cpu_s=dense_cpu_s,
@@ -211,21 +211,12 @@ def _top_ids(request: RankRequest, top: np.ndarray[Any, np.dtype[np.intp]]) -> l
     return None
 
 
-def _slot_ages(lookup: Lookup, now_ms: int) -> dict[str, float]:
-    """Per slot, the oldest age (s since last update) among the rows this answer used; slots with none are left out."""
-    out = {}
-    for slot, got in lookup.slots.items():
-        seen = got.updated_at_ms[~got.unseen]
-        if seen.size:
-            out[slot] = (now_ms - int(seen.min())) / 1000.0
-    return out
-
-
-def _ages(lookup: Lookup, now_ms: int) -> tuple[float | None, float | None]:
-    """Max and median age (s since last update) of the rows this answer used; unseen ids have no age."""
-    times = [got.updated_at_ms[~got.unseen] for got in lookup.slots.values()]
-    seen = np.concatenate(times) if times else np.zeros(0, dtype=np.int64)
-    if not seen.size:
-        return None, None
-    ages_s = (now_ms - seen) / 1000.0
-    return float(ages_s.max()), float(np.median(ages_s))
+def _ages(lookup: Lookup, now_ms: int) -> tuple[float | None, float | None, dict[str, float]]:
+    """Max and median age (s since last update) of the rows this answer used, and per slot the oldest (slots with
+    no seen row left out); unseen ids have no age. One masking pass per slot serves all three."""
+    seen_by_slot = [(slot, got.updated_at_ms[~got.unseen]) for slot, got in lookup.slots.items()]
+    by_slot = {slot: (now_ms - int(seen.min())) / 1000.0 for slot, seen in seen_by_slot if seen.size}
+    if not by_slot:
+        return None, None, by_slot
+    seen_all = np.concatenate([seen for _, seen in seen_by_slot])
+    return max(by_slot.values()), float(np.median((now_ms - seen_all) / 1000.0)), by_slot

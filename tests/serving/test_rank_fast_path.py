@@ -20,10 +20,10 @@ from liverank.serving import columns
 from liverank.serving.bundle import load_bundle_dir
 from liverank.serving.errors import LimitExceeded, WrongType
 from liverank.serving.model_slot import LiveModel, ModelSlot
-from liverank.serving.ranker import Ranker, _input_buffer
+from liverank.serving.ranker import Ranker, _ages, _input_buffer
 from liverank.serving.request import Limits, parse_rank_request
 from liverank.serving.runner import OnnxRunner
-from liverank.store import EmbeddingStore, SlotDelta, SparseDelta
+from liverank.store import EmbeddingStore, Lookup, SlotDelta, SlotLookup, SparseDelta
 from liverank.store.manifest import Manifest
 from tests.serving.conftest import LiveServer, rank_body
 
@@ -152,3 +152,19 @@ def test_the_server_counts_its_cpu_time_inside_onnx_runtime(server: LiveServer) 
             assert client.post("/v1/rank", json=rank_body(n=200, seed=seed)).status_code == 200
         spent = onnx_cpu_s(client) - before
     assert 0 < spent < time.process_time()  # some, and no more than the whole process has used
+
+
+def test_answer_ages_are_the_max_median_and_per_slot_oldest_of_the_seen_rows() -> None:
+    rng = np.random.default_rng(4)
+    slots = {}
+    for name, n in (("a", 7), ("b", 12), ("none_seen", 3)):
+        updated = rng.integers(0, 50_000, n).astype(np.int64)
+        unseen = rng.random(n) < 0.3 if name != "none_seen" else np.ones(n, dtype=bool)
+        slots[name] = SlotLookup(np.zeros((n, 2), dtype=np.float32), updated, unseen)
+    now_ms = 60_000
+    age_max, age_median, by_slot = _ages(Lookup(1, slots, "ram", {}), now_ms)
+    seen = {name: got.updated_at_ms[~got.unseen] for name, got in slots.items()}
+    every = (now_ms - np.concatenate(list(seen.values()))) / 1000.0
+    assert (age_max, age_median) == (float(every.max()), float(np.median(every)))
+    assert by_slot == {name: float(((now_ms - s) / 1000.0).max()) for name, s in seen.items() if s.size}
+    assert _ages(Lookup(1, {"none_seen": slots["none_seen"]}, "ram", {}), now_ms) == (None, None, {})
