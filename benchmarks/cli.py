@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeAlias
@@ -85,6 +86,11 @@ def _add_store_parser(subparsers: _SubParsers) -> None:
     p.add_argument("--idle-s", type=float, default=0.0, help="idle pause before first lookups (0: skip)")
 
 
+def _default_workers() -> tuple[int, ...]:
+    cores = len(os.sched_getaffinity(0))
+    return (1,) if cores == 1 else (1, cores)
+
+
 def _add_rank_parser(subparsers: _SubParsers) -> None:
     p = _benchmark_parser(
         subparsers,
@@ -95,6 +101,12 @@ def _add_rank_parser(subparsers: _SubParsers) -> None:
     p.add_argument("--sizes", type=_counts, default=(1_000_000, 10_000_000), help="rows of the largest slots")
     p.add_argument("--dim", type=_count, default=32, help="embedding dimension (16 or 32, float32)")
     p.add_argument("--concurrency", type=_counts, default=(1, 4, 16), help="closed-loop clients, comma list")
+    p.add_argument(
+        "--workers",
+        type=_counts,
+        default=_default_workers(),
+        help="liverank serve --workers values, comma list: one server each, in turn (default: 1 and every core)",
+    )
     p.add_argument("--duration-s", type=float, default=20.0, help="measured seconds per point")
     p.add_argument("--warmup-s", type=float, default=2.0, help="unmeasured seconds before each point")
     p.add_argument("--repeats", type=_count, default=3, help="runs per figure (median, min, max)")
@@ -105,15 +117,25 @@ def _add_rank_parser(subparsers: _SubParsers) -> None:
     p.add_argument("--client", choices=["raw", "httpx"], default="raw", help="load generator's HTTP client")
 
 
+def _add_profile_parser(subparsers: _SubParsers) -> None:
+    # Listed here for `liverank bench --help`; main() hands the rest of the command line to the module as it is.
+    subparsers.add_parser(
+        "profile", help="CPU per ranking stage, the numpy reference path beside the served one (`profile --help`)"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="liverank bench", description=__doc__)
     subparsers = parser.add_subparsers(dest="benchmark", metavar="<benchmark>", required=True)
     _add_store_parser(subparsers)
     _add_rank_parser(subparsers)
+    _add_profile_parser(subparsers)
     return parser
 
 
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["profile"]:  # its own options: liverank.benchmarks.rank_profile parses them
+        return int(importlib.import_module("liverank.benchmarks.rank_profile").main(argv[1:]))
     args = build_parser().parse_args(argv)
     # Imported only now: `liverank bench --help` and argument errors need none of the benchmark's dependencies.
     run: Callable[[argparse.Namespace], int] = importlib.import_module(args.command_module).run

@@ -222,10 +222,10 @@ class ServerProcess:
         return None if self.pid is None else process_status_bytes(self.pid, field)
 
     def cpu_s(self) -> float:
-        """User + system CPU seconds the process has used so far (all its threads)."""
+        """User + system CPU seconds the server has used so far: all threads of the process and of every
+        descendant (worker processes, the writer process), including descendants that have exited since."""
         assert self.pid is not None
-        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+        return process_tree_cpu_s(self.pid)
 
     def __enter__(self) -> ServerProcess:
         return self
@@ -263,3 +263,35 @@ def process_status_bytes(pid: int, field: str = "VmRSS") -> int | None:
     except (OSError, ValueError, IndexError):
         return None
     return None
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    """Fields of ``/proc/<pid>/stat`` after the command name (field 3 on), or None if the process is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return None
+
+
+def process_tree_cpu_s(root: int) -> float:
+    """CPU seconds of ``root`` and all its descendants. Each process counts its own time (utime + stime) and the
+    time of children it has reaped (cutime + cstime): every process of the tree is counted once, alive or not."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            fields = _stat_fields(int(entry.name))
+            if fields is not None:
+                parents[int(entry.name)] = int(fields[1])
+    children: dict[int, list[int]] = {}
+    for pid, ppid in parents.items():
+        children.setdefault(ppid, []).append(pid)
+    total_ticks = 0
+    pending = [root]
+    while pending:
+        pid = pending.pop()
+        fields = _stat_fields(pid)
+        if fields is None:
+            continue
+        total_ticks += sum(int(x) for x in fields[11:15])  # utime, stime, cutime, cstime
+        pending.extend(children.get(pid, ()))
+    return total_ticks / _CLK_TCK

@@ -1,0 +1,250 @@
+"""Where one W-500 ranking request spends its time inside ``liverank serve`` (no HTTP): a stage breakdown.
+
+Fills a store (directly, as the rank benchmark does), opens the server's ``Services`` exactly as ``liverank serve``
+does (RAM tier warm-up, bundle, ranker), then runs requests through the same steps as ``rank_json`` and
+``Ranker.rank_parsed``, timing each stage: JSON decode, request parsing, lookup planning, store lookup, input
+assembly, ONNX, blend + top-k, answer building, response JSON. Two paths, alternating request by request on the
+same bodies: "after" calls the serving functions themselves, "before" the path as it was before issue 11
+(``rank_reference``: numpy id conversion, a Python boolean scan, reduceat pooling, per-item answer objects). The
+"before" parse stage leaves out the request validation (names, lengths, limits: tens of microseconds), so the gain
+it shows is a lower bound.
+``rank_json`` is also timed whole (with its metrics), and a cProfile listing of it follows.
+
+Run: ``liverank bench profile --size 1000000 [--json PATH]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import pstats
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+from liverank.benchmarks import rank_reference
+from liverank.benchmarks.rank_fill import fill_stores
+from liverank.benchmarks.steplog import StepLog
+from liverank.benchmarks.w500 import RequestMaker, make_tables
+from liverank.exporter.synthetic import build_synthetic_bundle
+from liverank.serving.api.routes_rank import rank_json
+from liverank.serving.ranker import RankResult, _ages, _assemble, _plan_lookups, _top_ids, _top_k, blend
+from liverank.serving.request import parse_rank_request
+from liverank.serving.services import Services
+from liverank.serving.settings import Settings
+from liverank.store import Lookup
+
+STAGES = ("json_decode", "parse", "plan", "lookup", "assemble", "onnx", "blend_topk", "answer", "json_encode")
+PATHS = ("before", "after")
+Clock = Callable[[], float]
+
+
+def _staged_after(services: Services, body: bytes, clock: Clock) -> list[float]:
+    """One request through the serving path's stages (``rank_json`` minus metrics); clock readings."""
+    t: list[float] = [clock()]
+    doc = orjson.loads(body)
+    t.append(clock())
+    live = services.model_slot.current()
+    request = parse_rank_request(doc, live.manifest, services.ranker._limits)
+    t.append(clock())
+    segments, per_slot = _plan_lookups(request)
+    t.append(clock())
+    now_ms = time.time_ns() // 1_000_000
+    lookup = services.store.lookup_many(per_slot, now_ms=now_ms)
+    t.append(clock())
+    user = _assemble(live.manifest, "user", request.user, segments, lookup, 1)
+    candidates = _assemble(live.manifest, "candidate", request.candidates, segments, lookup, request.n_candidates)
+    t.append(clock())
+    heads = live.runner.run(user, candidates)
+    t.append(clock())
+    score = blend(request, heads)
+    top = _top_k(score, request.k)
+    t.append(clock())
+    age_max, age_median, age_by_slot = _ages(lookup, now_ms)
+    doc_out = RankResult(
+        top=top,
+        scores=score[top],
+        heads={name: values[top] for name, values in heads.items()},
+        ids=_top_ids(request, top),
+        dense_version=live.version,
+        sparse_seq=lookup.applied_seq,
+        generation=lookup.generation,
+        unseen_by_slot={slot: got.n_unseen for slot, got in lookup.slots.items()},
+        ids_by_slot={slot: len(got.unseen) for slot, got in lookup.slots.items()},
+        embedding_age_max_s=age_max,
+        embedding_age_median_s=age_median,
+        embedding_age_max_s_by_slot=age_by_slot,
+        lookup_s=0.0,
+        dense_s=0.0,
+        dense_cpu_s=0.0,
+        source=lookup.source,
+    ).to_json()
+    t.append(clock())
+    orjson.dumps(doc_out)
+    t.append(clock())
+    return t
+
+
+def _staged_before(services: Services, body: bytes, clock: Clock) -> list[float]:
+    """The same request through the path as it was before issue 11 (``rank_reference``); clock readings."""
+    t: list[float] = [clock()]
+    doc = orjson.loads(body)
+    t.append(clock())
+    live = services.model_slot.current()
+    request = rank_reference.parse(doc, live.manifest)  # conversion only: the old validation is not timed
+    t.append(clock())
+    segments, per_slot = _plan_lookups(request)
+    t.append(clock())
+    now_ms = time.time_ns() // 1_000_000
+    lookup = services.store.lookup_many(per_slot, now_ms=now_ms)
+    t.append(clock())
+    user = rank_reference.assemble(live.manifest, "user", request.user, segments, lookup, 1)
+    candidates = rank_reference.assemble(
+        live.manifest, "candidate", request.candidates, segments, lookup, request.n_candidates
+    )
+    t.append(clock())
+    heads = live.runner.run(user, candidates)
+    t.append(clock())
+    score = blend(request, heads)
+    top = _top_k(score, request.k)
+    t.append(clock())
+    _ages_before(lookup, now_ms)
+    doc_out = rank_reference.answer(live, request, lookup, score, heads, top)
+    t.append(clock())
+    orjson.dumps(doc_out)
+    t.append(clock())
+    return t
+
+
+def _ages_before(lookup: Lookup, now_ms: int) -> None:
+    """The answer's ages as the serving path computed them before: per slot, then over all slots."""
+    for got in lookup.slots.values():
+        seen = got.updated_at_ms[~got.unseen]
+        if seen.size:
+            (now_ms - int(seen.min())) / 1000.0
+    times = [got.updated_at_ms[~got.unseen] for got in lookup.slots.values()]
+    ages_s = (now_ms - np.concatenate(times)) / 1000.0
+    float(ages_s.max()), float(np.median(ages_s))
+
+
+_PATHS: dict[str, Callable[[Services, bytes, Clock], list[float]]] = {
+    "before": _staged_before,
+    "after": _staged_after,
+}
+
+
+def profile(services: Services, bodies: list[bytes], rounds: int) -> dict[str, Any]:
+    """Both paths on the same requests, alternating request by request: median wall and thread-CPU time per
+    stage (thread CPU: ONNX Runtime with one intra-op thread runs on the calling thread; robust to contention)."""
+    for body in bodies[:20]:  # warm caches and ONNX Runtime's arenas
+        rank_json(services, body)
+        _staged_before(services, body, time.perf_counter)
+    wall: dict[str, dict[str, list[float]]] = {path: {stage: [] for stage in STAGES} for path in PATHS}
+    cpu: dict[str, dict[str, list[float]]] = {path: {stage: [] for stage in STAGES} for path in PATHS}
+    whole: list[float] = []
+    cpu_whole: list[float] = []
+    for i in range(rounds):
+        body = bodies[i % len(bodies)]
+        for path, staged in _PATHS.items():
+            for clock, into in ((time.perf_counter, wall[path]), (time.thread_time, cpu[path])):
+                t = staged(services, body, clock)
+                for j, stage in enumerate(STAGES):
+                    into[stage].append(t[j + 1] - t[j])
+        t0, c0 = time.perf_counter(), time.thread_time()
+        rank_json(services, body)
+        whole.append(time.perf_counter() - t0)
+        cpu_whole.append(time.thread_time() - c0)
+    result: dict[str, Any] = {"rounds": rounds}
+    for path in PATHS:
+        cpu_us = {stage: statistics.median(v) * 1e6 for stage, v in cpu[path].items()}
+        result[path] = {
+            "stage_median_us": {stage: statistics.median(v) * 1e6 for stage, v in wall[path].items()},
+            "stage_thread_cpu_median_us": cpu_us,
+            "thread_cpu_outside_onnx_us": sum(v for stage, v in cpu_us.items() if stage != "onnx"),
+        }
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for i in range(min(rounds, 100)):
+        rank_json(services, bodies[i % len(bodies)])
+    profiler.disable()
+    listing = io.StringIO()
+    pstats.Stats(profiler, stream=listing).sort_stats("tottime").print_stats(18)
+    result.update(
+        rank_json_median_us=statistics.median(whole) * 1e6,
+        rank_json_p99_us=float(np.percentile(whole, 99)) * 1e6,
+        rank_json_thread_cpu_median_us=statistics.median(cpu_whole) * 1e6,
+        cprofile_tottime_top=listing.getvalue(),
+    )
+    return result
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="liverank bench profile", description=__doc__)
+    p.add_argument("--size", type=int, default=1_000_000, help="rows of the largest slots")
+    p.add_argument("--dim", type=int, default=32)
+    p.add_argument("--rounds", type=int, default=300)
+    p.add_argument("--bodies", type=int, default=64)
+    p.add_argument("--onnx-threads", type=int, default=1)
+    p.add_argument("--seed", type=int, default=20_240_601)
+    p.add_argument("--workdir", type=Path, default=None)
+    p.add_argument("--json", type=Path, default=None)
+    args = p.parse_args(argv)
+    log = StepLog()
+    if args.workdir is not None:
+        args.workdir.mkdir(parents=True, exist_ok=True)
+    root = Path(tempfile.mkdtemp(prefix="liverank-rank-profile-", dir=args.workdir))
+    try:
+        manifest = build_synthetic_bundle(root / "bundle", preset="w500", dim=args.dim, seed=args.seed)
+        tables = make_tables(manifest, args.size, 1.1, args.seed)
+        log("filling %s rows", f"{tables.n_rows:,}")
+        fill_stores(root / "data" / "store", None, manifest, tables, args.dim, 250_000, log)
+        maker = RequestMaker(manifest, tables, stream=1)
+        bodies = [orjson.dumps(maker.make()) for _ in range(args.bodies)]
+        settings = Settings.model_validate(
+            {
+                "data_dir": root / "data",
+                "bundle": root / "bundle",
+                "open_admin": True,
+                "onnx_threads": args.onnx_threads,
+            }
+        )
+        services = Services.open(settings)
+        try:
+            log("profiling %d requests", args.rounds)
+            result = profile(services, bodies, args.rounds)
+        finally:
+            services.close()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    result.update(size=args.size, dim=args.dim, onnx_threads=args.onnx_threads)
+    before, after = result["before"], result["after"]
+    print(f"{'stage':<12} {'before CPU us':>14} {'after CPU us':>13} {'before wall us':>15} {'after wall us':>14}")
+    for stage in STAGES:
+        print(
+            f"{stage:<12} {before['stage_thread_cpu_median_us'][stage]:14.1f} "
+            f"{after['stage_thread_cpu_median_us'][stage]:13.1f} {before['stage_median_us'][stage]:15.1f} "
+            f"{after['stage_median_us'][stage]:14.1f}"
+        )
+    print(
+        f"CPU outside ONNX (sum of stage medians): before {before['thread_cpu_outside_onnx_us']:.0f} us, "
+        f"after {after['thread_cpu_outside_onnx_us']:.0f} us; rank_json whole (serving path, with metrics): median "
+        f"{result['rank_json_median_us']:.0f} us, p99 {result['rank_json_p99_us']:.0f} us, thread CPU "
+        f"{result['rank_json_thread_cpu_median_us']:.0f} us"
+    )
+    print(result["cprofile_tottime_top"])
+    if args.json is not None:
+        args.json.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
