@@ -28,6 +28,7 @@ from liverank.serving.model_slot import LiveModel, ModelSlot
 from liverank.serving.ranker import Ranker, RankResult
 from liverank.serving.request import Limits
 from liverank.serving.settings import LOOPBACK_HOSTS, Settings
+from liverank.serving.status_history import Observation, StatusHistory, read_samples
 from liverank.serving.worker_sync import WorkerSync
 from liverank.serving.writer import WriterProcess, writer_config
 from liverank.store import EmbeddingStore, Inbox
@@ -67,6 +68,7 @@ class Services:
     ranker: Ranker
     follower: Follower | WorkerSync
     intake: DeltaIntake
+    history: StatusHistory
     started_at_ms: int
     _tier_seen: tuple[int, int] = (0, 0)
     _tier_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -135,10 +137,12 @@ class Services:
             ranker=Ranker(store, model_slot, limits),
             follower=follower,
             intake=DeltaIntake(store, inbox, metrics),
+            history=StatusHistory(interval_s=settings.status_interval_s, capacity=settings.status_history_points),
             started_at_ms=time.time_ns() // 1_000_000,
         )
         services.note_live_bundle()
         follower.start()
+        services.history.start(services.observe)
         log.info(
             "liverank ready to start in %.1f s: store %s, bundle %s",
             time.perf_counter() - started,
@@ -148,6 +152,7 @@ class Services:
         return services
 
     def close(self) -> None:
+        self.history.stop()
         self.follower.stop()
         self.store.close()
 
@@ -300,6 +305,33 @@ class Services:
                 "fallbacks_here": self.store.tier_fallbacks,
             },
         }
+
+    def status_page(self, since_ms: int = -1) -> dict[str, Any]:
+        """What the status page shows (no secrets, so no token): the epoch and bundles now, and the history ring's
+        samples taken after ``since_ms``."""
+        return {
+            "now_ms": time.time_ns() // 1_000_000,
+            "started_at_ms": self.started_at_ms,
+            "epoch": self.epoch(),
+            "ready": self.ready()[0],
+            "inbox_depth": self.inbox.depth(),
+            "bundles": self.bundles.history(),
+            # Filled in replicated mode (one entry per replica: name, lag_s, applied_seq); a single server has none.
+            "replicas": [],
+            "history": self.history.snapshot(since_ms),
+        }
+
+    def observe(self) -> Observation:
+        """One reading for the status page's history: the registry /metrics exports and the core's state."""
+        stats = self.store.stats()
+        return Observation(
+            t_ms=time.time_ns() // 1_000_000,
+            samples=read_samples(self.metrics.registry.collect()),
+            epoch=self.epoch(),
+            rows_by_slot=stats.rows_by_slot,
+            resident_rows_by_slot=stats.resident_rows_by_slot,
+            inbox_depth=self.inbox.depth(),
+        )
 
     def ready(self) -> tuple[bool, str]:
         if self.model_slot.live is None:
