@@ -95,6 +95,8 @@ class Services:
             onnx_threads=settings.onnx_threads,
             keep=settings.bundle_history,
             max_bundle_bytes=settings.max_bundle_bytes,
+            parity_min_topk_overlap=settings.parity_min_topk_overlap,
+            parity_max_auc_diff=settings.parity_max_auc_diff,
         )
         live = bundles.restore()
         if live is None and settings.bundle is not None:
@@ -245,6 +247,7 @@ class Services:
                 "unseen_by_slot": stats.unseen_by_slot,
             },
             "bundles": self.bundles.history(),
+            "parity_bounds": self.bundles.parity_bounds(),
             "quarantined_deltas": self.store.lmdb.get_app_record("quarantine") or [],
             "started_at_ms": self.started_at_ms,
         }

@@ -50,7 +50,7 @@ def test_tiny_preset(tmp_path: Path) -> None:
 
 
 def test_w500_preset_follows_the_workload(tmp_path: Path) -> None:
-    manifest = build_synthetic_bundle(tmp_path, preset="w500")
+    manifest = build_synthetic_bundle(tmp_path, preset="w500", split=False)
     assert [f.name for f in manifest.user_features] == [
         "user_id",
         "hist_item_ids",
@@ -109,7 +109,7 @@ def _reference_probabilities(
 
 
 def test_network_computes_mlp_plus_second_order_term(tmp_path: Path) -> None:
-    manifest = build_synthetic_bundle(tmp_path, preset="tiny", dim=8, seed=3)
+    manifest = build_synthetic_bundle(tmp_path, preset="tiny", dim=8, seed=3, split=False)
     model = onnx.load_model(str(tmp_path / "dense.onnx"))
     rng = np.random.default_rng(0)
     user = rng.standard_normal((1, manifest.user_width), dtype=np.float32)
