@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 OPSET = 17
 DEFAULT_TOLERANCE = 1e-4
 RANDOM_PARITY_ROWS = 2048
+# Parity requests per block of 500 held-out rows: 128 users each (512 requests, 512 labelled rows from a window of
+# 2048) keeps an int8 export near a second on a small tower; every user would take four times that.
+PARITY_USERS_PER_BLOCK = 128
 
 __all__ = ["DEFAULT_TOLERANCE", "ExportParityError", "check_parity", "export_bundle", "export_onnx"]
 
@@ -108,7 +111,13 @@ def export_bundle(
     onnx_bytes = export_onnx(tower, manifest)
     worst = check_parity(tower, manifest, onnx_bytes, tolerance=tolerance, seed=seed)
     held_out = rows if rows is not None else random_rows(manifest, n_rows=RANDOM_PARITY_ROWS, seed=seed)
-    dense = finish_dense(onnx.load_from_string(onnx_bytes), manifest, precision=precision, rows=held_out)
+    dense = finish_dense(
+        onnx.load_from_string(onnx_bytes),
+        manifest,
+        precision=precision,
+        rows=held_out,
+        users_per_block=PARITY_USERS_PER_BLOCK,
+    )
     path = write_bundle(out_dir, dense.manifest, dense.onnx_bytes)
     log.info(
         "exported %s version %s (%s, max abs diff vs PyTorch %.2g) to %s",

@@ -209,3 +209,15 @@ def test_cli_invalid_bundle_exits_1(tmp_path: Path, capsys: pytest.CaptureFixtur
 def test_cli_help_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["synthetic", "--help"]) == 0
     assert "--preset" in capsys.readouterr().out
+
+
+def test_cli_builds_an_int8_bundle_with_its_parity_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "bundle"
+    assert main(["synthetic", "--out", str(out), "--preset", "tiny", "--precision", "int8"]) == 0
+    manifest = manifest_from_json((out / "manifest.json").read_bytes())
+    assert manifest.precision == "int8"
+    assert manifest.parity is not None
+    assert manifest.parity.topk_overlap_mean >= 0.95
+    assert manifest.parity.auc_diff is None  # random rows carry no labels
+    assert "parity vs fp32: top-50 overlap" in capsys.readouterr().out
+    assert main(["synthetic", "--out", str(tmp_path / "x"), "--precision", "fp8"]) == 2
