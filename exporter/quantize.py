@@ -26,6 +26,8 @@ from onnx import helper, numpy_helper
 from onnxruntime.quantization import QuantType, quantize_dynamic
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
+from liverank.exporter.split import replace_nodes
+
 log = logging.getLogger(__name__)
 
 METHOD = "onnxruntime dynamic int8: MatMul weights per output channel, activations per run; logit layers fp32"
@@ -80,13 +82,7 @@ def gemm_as_matmul(model: onnx.ModelProto) -> onnx.ModelProto:
             nodes.append(helper.make_node("Add", [product, node.input[2]], [node.output[0]], name=f"{name}/bias"))
         else:
             nodes.append(helper.make_node("MatMul", [node.input[0], w_name], [node.output[0]], name=f"{name}/matmul"))
-    del graph.node[:]
-    graph.node.extend(nodes)
-    used = {name for node in graph.node for name in node.input}
-    kept = [init for init in graph.initializer if init.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
-    onnx.checker.check_model(out)
+    replace_nodes(out, nodes)
     return out
 
 

@@ -55,15 +55,21 @@ def split_user_side(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
         split += 1
     if not split:
         return model, 0
+    replace_nodes(out, new_nodes)
+    log.debug("split %d layer(s) reading the broadcast user row (user width %d)", split, broadcast.user_width)
+    return out, split
+
+
+def replace_nodes(model: onnx.ModelProto, nodes: list[onnx.NodeProto]) -> None:
+    """Make ``nodes`` the graph's nodes, drop the initializers no node reads any more, and check the model."""
+    graph = model.graph
     del graph.node[:]
-    graph.node.extend(new_nodes)
+    graph.node.extend(nodes)
     used = {name for node in graph.node for name in node.input}
     kept = [init for init in graph.initializer if init.name in used]
     del graph.initializer[:]
     graph.initializer.extend(kept)
-    onnx.checker.check_model(out)
-    log.debug("split %d layer(s) reading the broadcast user row (user width %d)", split, broadcast.user_width)
-    return out, split
+    onnx.checker.check_model(model)
 
 
 def _find_broadcast(model: onnx.ModelProto) -> _Broadcast | None:
