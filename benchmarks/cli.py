@@ -114,6 +114,7 @@ def _add_rank_parser(subparsers: _SubParsers) -> None:
     p.add_argument("--bodies", type=_count, default=256, help="distinct request bodies cycled by the clients")
     p.add_argument("--live-concurrency", type=_count, default=4, help="ranking clients during deltas and swaps")
     p.add_argument("--onnx-threads", type=_count, default=1, help="intra-op threads of both servers' ONNX sessions")
+    p.add_argument("--precision", choices=("fp32", "int8"), default="fp32", help="dense tower of both servers' bundles")
     p.add_argument("--fill-delta-rows", type=_count, default=250_000, help="rows per delta when filling the store")
     p.add_argument("--client", choices=["raw", "httpx"], default="raw", help="load generator's HTTP client")
 
