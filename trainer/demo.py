@@ -313,6 +313,14 @@ def _print_summary(console: Console, summary: dict[str, Any], out: Path) -> None
         f"(margin {summary['auc_margin'] if summary['auc_margin'] is not None else float('nan'):+.4f})\n"
         f"  written: {out / 'summary.json'}, {out / 'auc.png'}"
     )
+    reports = summary["parity"]
+    if reports:
+        overlaps = [r["topk_overlap_mean"] for r in reports]
+        auc_diffs = [abs(r["auc_diff"]) for r in reports if r["auc_diff"] is not None]
+        console.print(
+            f"  {summary['precision']} bundles: top-50 overlap with fp32 {min(overlaps):.4f}-{max(overlaps):.4f}, "
+            f"largest AUC difference {max(auc_diffs, default=float('nan')):.5f} ({len(reports)} parity reports)"
+        )
 
 
 if __name__ == "__main__":
