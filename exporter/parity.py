@@ -14,6 +14,7 @@ score; its own row's candidate gives the labelled score for the AUC.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +23,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from liverank.exporter.auc import roc_auc
 from liverank.store.manifest import Manifest
 from liverank.store.parity import HeadParity, ParityReport
 
@@ -199,7 +201,7 @@ def _auc_fields(
             continue
         y = np.asarray(labels, dtype=np.float64)[scored]
         auc_want, auc_got = roc_auc(y, want[:, h]), roc_auc(y, got[:, h])
-        if auc_want is None or auc_got is None:
+        if math.isnan(auc_want) or math.isnan(auc_got):  # one class only among the labelled rows
             continue
         diff = auc_got - auc_want
         if not worst or abs(diff) > abs(worst["auc_diff"]):
@@ -210,20 +212,3 @@ def _auc_fields(
                 "auc_diff": round(diff, 6),
             }
     return {"labelled_rows": len(scored), **worst} if worst else {}
-
-
-def roc_auc(labels: np.ndarray[Any, Any], scores: np.ndarray[Any, Any]) -> float | None:
-    """Area under the ROC curve (ties count half); None when one class is absent."""
-    positives = labels > 0.5
-    n_pos = int(positives.sum())
-    n_neg = len(labels) - n_pos
-    if n_pos == 0 or n_neg == 0:
-        return None
-    order = np.argsort(scores, kind="mergesort")
-    ranks = np.empty(len(scores))
-    sorted_scores = scores[order]
-    # Average ranks over ties, so equal scores count half whichever way they are ordered.
-    _, first, counts = np.unique(sorted_scores, return_index=True, return_counts=True)
-    average = first + (counts + 1) / 2.0
-    ranks[order] = np.repeat(average, counts)
-    return float((ranks[positives].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))

@@ -39,6 +39,7 @@ import httpx
 import numpy as np
 import orjson
 
+from liverank.exporter.auc import roc_auc
 from liverank.exporter.deltas import DeltaBuilder, snapshot_deltas
 from liverank.exporter.onnx_export import export_bundle
 from liverank.exporter.push import PushClient, PushError
@@ -50,7 +51,6 @@ from liverank.trainer.features import IdColumn
 from liverank.trainer.generic import ColumnBatch, GenericTrainer, Rows, TrainerConfig
 from liverank.trainer.replay_report import log_loss, summarise, write_chart, write_json, write_markdown
 from liverank.trainer.servers import LiverankServer
-from liverank.trainer.synthetic_stream import roc_auc
 from liverank.trainer.tables import AdagradConfig
 
 log = logging.getLogger(__name__)
