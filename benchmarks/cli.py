@@ -1,7 +1,8 @@
 """``liverank bench``: run a benchmark, print a readable table and write the figures as JSON.
 
-Subcommands: ``store`` (the embedding store against Redis, py-lmdb, numpy and a dict) and ``rank`` (W-500 ranking
-against a real ``liverank serve``, next to a FastAPI + Redis + ONNX Runtime baseline). The arguments are defined
+Subcommands: ``store`` (the embedding store against Redis, py-lmdb, numpy and a dict), ``rank`` (W-500 ranking
+against a real ``liverank serve``, next to a FastAPI + Redis + ONNX Runtime baseline) and ``dense`` (the dense tower
+alone: fp32 vs int8, user side split, ONNX threads). The arguments are defined
 here; each subcommand's module (``run(args) -> int``) is imported only when it runs.
 """
 
@@ -113,6 +114,7 @@ def _add_rank_parser(subparsers: _SubParsers) -> None:
     p.add_argument("--bodies", type=_count, default=256, help="distinct request bodies cycled by the clients")
     p.add_argument("--live-concurrency", type=_count, default=4, help="ranking clients during deltas and swaps")
     p.add_argument("--onnx-threads", type=_count, default=1, help="intra-op threads of both servers' ONNX sessions")
+    p.add_argument("--precision", choices=("fp32", "int8"), default="fp32", help="dense tower of both servers' bundles")
     p.add_argument("--fill-delta-rows", type=_count, default=250_000, help="rows per delta when filling the store")
     p.add_argument("--client", choices=["raw", "httpx"], default="raw", help="load generator's HTTP client")
 
@@ -124,12 +126,36 @@ def _add_profile_parser(subparsers: _SubParsers) -> None:
     )
 
 
+def _add_dense_parser(subparsers: _SubParsers) -> None:
+    p = subparsers.add_parser(
+        "dense",
+        help="the W-500 dense tower alone: fp32 vs int8, first layer whole vs user side split; ONNX threads",
+        description="ms per request one at a time, and requests/s with every core busy, for each variant.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--json", type=Path, default=None, metavar="PATH", help="write the figures here")
+    p.add_argument("--preset", choices=("w500", "tiny"), default="w500", help="synthetic network")
+    p.add_argument("--dim", type=_count, default=32, help="embedding dimension")
+    p.add_argument("--candidates", type=_count, default=500, help="candidates per request")
+    p.add_argument("--threads", type=_counts, default=(1, 2), help="LIVERANK_ONNX_THREADS values, comma list")
+    p.add_argument("--repeats", type=_count, default=7, help="runs per figure (median, min, max)")
+    p.add_argument("--calls", type=_count, default=60, help="requests per latency run")
+    p.add_argument("--callers", type=int, default=None, help="concurrent callers at saturation (default: cores)")
+    p.add_argument("--saturation-s", type=float, default=2.0, help="seconds per saturation point")
+    p.add_argument("--seed", type=int, default=0, help="weight and input seed")
+    p.add_argument("--workdir", type=Path, default=None, help="where the run directory goes (default: temp)")
+    p.add_argument("--keep", action="store_true", help="keep the run directory (the four bundles)")
+    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    p.set_defaults(command_module="liverank.benchmarks.dense_bench")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="liverank bench", description=__doc__)
     subparsers = parser.add_subparsers(dest="benchmark", metavar="<benchmark>", required=True)
     _add_store_parser(subparsers)
     _add_rank_parser(subparsers)
     _add_profile_parser(subparsers)
+    _add_dense_parser(subparsers)
     return parser
 
 

@@ -63,6 +63,7 @@ class RankBenchSettings:
     bodies: int = 256
     live_concurrency: int = 4
     onnx_threads: int = 1
+    precision: str = "fp32"
     fill_delta_rows: int = 250_000
     zipf_s: float = 1.1
     seed: int = 20_240_601
@@ -130,12 +131,21 @@ def _run_dir(settings: RankBenchSettings, log: StepLog) -> AbstractContextManage
 def make_bundles(root: Path, settings: RankBenchSettings) -> Bundles:
     """Version 1 (live at start-up) and one later version per repeat (same schema, other weights) to swap in."""
     live_dir = root / "v1"
-    manifest = build_synthetic_bundle(live_dir, preset="w500", dim=settings.dim, version="1", seed=settings.seed)
+    manifest = build_synthetic_bundle(
+        live_dir, preset="w500", dim=settings.dim, version="1", seed=settings.seed, precision=settings.precision
+    )
     swaps = []
     for i in range(settings.repeats):
         version = str(i + 2)
         path = root / f"v{version}"
-        build_synthetic_bundle(path, preset="w500", dim=settings.dim, version=version, seed=settings.seed + i + 1)
+        build_synthetic_bundle(
+            path,
+            preset="w500",
+            dim=settings.dim,
+            version=version,
+            seed=settings.seed + i + 1,
+            precision=settings.precision,
+        )
         swaps.append((version, archive_bundle(path)))
     return Bundles(live_dir, manifest, swaps)
 

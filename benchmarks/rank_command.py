@@ -35,6 +35,7 @@ def run(args: argparse.Namespace) -> int:
         bodies=args.bodies,
         live_concurrency=args.live_concurrency,
         onnx_threads=args.onnx_threads,
+        precision=args.precision,
         fill_delta_rows=args.fill_delta_rows,
         zipf_s=args.zipf_s,
         seed=args.seed,

@@ -13,7 +13,8 @@ from liverank._exports import lazy_exports
 if TYPE_CHECKING:
     from liverank.exporter.archive import archive_bundle, write_bundle
     from liverank.exporter.deltas import DeltaBuilder, snapshot_deltas
-    from liverank.exporter.onnx_export import ExportParityError, check_parity, export_bundle, export_onnx
+    from liverank.exporter.onnx_export import check_parity, export_bundle, export_onnx
+    from liverank.exporter.precision import ExportParityError
     from liverank.exporter.push import (
         BundleRejected,
         DeltaRejected,
@@ -35,11 +36,11 @@ _HOMES: dict[str, tuple[str, ...]] = {
         "snapshot_deltas",
     ),
     "liverank.exporter.onnx_export": (
-        "ExportParityError",
         "check_parity",
         "export_bundle",
         "export_onnx",
     ),
+    "liverank.exporter.precision": ("ExportParityError",),
     "liverank.exporter.push": (
         "BundleRejected",
         "DeltaRejected",

@@ -17,6 +17,7 @@ from liverank.exporter.archive import archive_bundle
 from liverank.exporter.examples import write_examples
 from liverank.exporter.synthetic import PRESETS, build_synthetic_bundle
 from liverank.store.manifest import MANIFEST_FILE, manifest_from_json
+from liverank.store.parity import PRECISIONS
 from liverank.store.slots import MAX_DIM
 
 
@@ -58,6 +59,15 @@ def _parser() -> _Parser:
     synthetic.add_argument("--dim", type=_dim, default=32, help="embedding dim of every slot (default 32)")
     synthetic.add_argument("--version", default="1", help="dense version recorded in the manifest")
     synthetic.add_argument("--seed", type=_seed, default=0, help="weight seed (default 0)")
+    synthetic.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="fp32",
+        help="fp32 (default) or int8 (quantized, with a parity report against fp32 in the manifest)",
+    )
+    synthetic.add_argument(
+        "--no-split", action="store_true", help="keep the first layer whole (by default its user part runs once)"
+    )
     examples = commands.add_parser("examples", help="write an example request and delta for a bundle")
     examples.add_argument("--bundle", required=True, type=Path, help="bundle directory (reads its manifest.json)")
     examples.add_argument("--out", type=Path, help="directory to write into (default <bundle>/examples)")
@@ -82,14 +92,28 @@ def main(argv: list[str]) -> int:
         return exc.code if isinstance(exc.code, int) else 0
     try:
         if args.command == "synthetic":
+            print(f"building {args.preset} bundle ({args.precision}) in {args.out} ...", file=sys.stderr, flush=True)
             manifest = build_synthetic_bundle(
-                args.out, preset=args.preset, dim=args.dim, version=args.version, seed=args.seed
+                args.out,
+                preset=args.preset,
+                dim=args.dim,
+                version=args.version,
+                seed=args.seed,
+                precision=args.precision,
+                split=not args.no_split,
             )
             print(
-                f"wrote {args.out}: model {manifest.model} version {manifest.version} "
+                f"wrote {args.out}: model {manifest.model} version {manifest.version} precision {manifest.precision} "
                 f"user_width {manifest.user_width} candidate_width {manifest.candidate_width} "
                 f"schema_hash {manifest.schema_hash}"
             )
+            if manifest.parity is not None:
+                report = manifest.parity
+                print(
+                    f"parity vs fp32: top-{report.k} overlap {report.topk_overlap_mean:.4f} "
+                    f"(min {report.topk_overlap_min:.4f}) over {report.requests} requests, max abs diff "
+                    f"{max(h.max_abs_diff for h in report.heads):.3g}"
+                )
             _print_written(write_examples(manifest, args.out / "examples"))
         elif args.command == "examples":
             manifest = manifest_from_json((args.bundle / MANIFEST_FILE).read_bytes())

@@ -19,6 +19,8 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from liverank.exporter.archive import write_bundle
+from liverank.exporter.parity import random_rows
+from liverank.exporter.precision import finish_dense
 from liverank.store.manifest import Feature, Head, Manifest, build_manifest
 from liverank.store.slots import SlotConfig
 
@@ -31,6 +33,10 @@ HEADS: tuple[tuple[str, float], ...] = (("click", 0.6), ("finish", 0.3), ("like"
 # Opset 17 / IR 8 load in every onnxruntime this project supports (>= 1.17).
 OPSET = 17
 IR_VERSION = 8
+# Parity of a synthetic int8 bundle: 16 blocks of 500 random candidate rows, 4 users each (64 requests).
+PARITY_BLOCKS = 16
+PARITY_CANDIDATES = 500
+PARITY_USERS = 4
 
 
 def preset_features(preset: str) -> tuple[Feature, ...]:
@@ -173,24 +179,33 @@ def build_synthetic_bundle(
     seed: int = 0,
     hidden: tuple[int, ...] | None = None,
     created_at_ms: int | None = None,
+    precision: str = "fp32",
+    split: bool = True,
 ) -> Manifest:
-    """Write a synthetic bundle (``manifest.json`` + ``dense.onnx``) into ``out_dir`` and return its manifest."""
+    """Write a synthetic bundle (``manifest.json`` + ``dense.onnx``) into ``out_dir`` and return its manifest.
+
+    The graph's user side is split out (``split``) and brought to ``precision`` by ``liverank.exporter.precision``;
+    parity is measured on seeded unit-normal rows (no labels, so an int8 report has no AUC).
+    """
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {PRESETS}")
     manifest = synthetic_manifest(preset, dim=dim, version=version, created_at_ms=created_at_ms)
     layers = DEFAULT_HIDDEN[preset] if hidden is None else hidden
     model = build_dense_model(manifest, hidden=layers, seed=seed)
-    onnx_bytes: bytes = model.SerializeToString()
-    path = write_bundle(out_dir, manifest, onnx_bytes)
+    rows = random_rows(manifest, n_rows=PARITY_BLOCKS * PARITY_CANDIDATES, seed=seed + 1)
+    dense = finish_dense(model, manifest, precision=precision, rows=rows, split=split, users_per_block=PARITY_USERS)
+    path = write_bundle(out_dir, dense.manifest, dense.onnx_bytes)
     logger.info(
-        "wrote synthetic bundle %s (preset %s, version %s, %d onnx bytes, schema %s)",
+        "wrote synthetic bundle %s (preset %s, version %s, %s, %d layers split, %d onnx bytes, schema %s)",
         path,
         preset,
         version,
-        len(onnx_bytes),
+        precision,
+        dense.layers_split,
+        len(dense.onnx_bytes),
         manifest.schema_hash[:12],
     )
-    return manifest
+    return dense.manifest
 
 
 def _i64(values: list[int]) -> np.ndarray:

@@ -5,9 +5,10 @@ Layout: ``<data_dir>/bundles/<bundle_id>/`` (manifest.json + dense.onnx), where 
 store's LMDB meta, written after the bundle's directory is complete, so a crash mid-install leaves the old
 bundle live and at worst an ``.incoming-*`` directory, removed at the next start.
 
-Going live: unpack, read, build the ONNX session, check it against the manifest, warm it, check the slots fit the
-rows already stored, then declare the slots, bind the store to the new schema and replace the live reference.
-Any failure before the last step changes nothing.
+Going live: unpack, read, check a reduced-precision bundle's parity report against the configured bounds, build
+the ONNX session, check it against the manifest, warm it, check the slots fit the rows already stored, then declare
+the slots, bind the store to the new schema and replace the live reference. Any failure before the last step
+changes nothing.
 """
 
 from __future__ import annotations
@@ -21,16 +22,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from liverank.serving.bundle import Bundle, extract_bundle_archive, load_bundle_dir
-from liverank.serving.errors import BundleIncompatible, BundleInvalid, NoPreviousBundle
+from liverank.serving.errors import BundleIncompatible, BundleInvalid, BundleParityRefused, NoPreviousBundle
 from liverank.serving.memory import release_free_memory_soon
 from liverank.serving.model_slot import LiveModel, ModelSlot
 from liverank.serving.runner import OnnxRunner
 from liverank.store import EmbeddingStore
 from liverank.store.errors import ManifestInvalid
 from liverank.store.manifest import MANIFEST_FILE, manifest_from_json
+from liverank.store.parity import parity_violations
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,8 @@ class BundleManager:
         onnx_threads: int,
         keep: int,
         max_bundle_bytes: int,
+        parity_min_topk_overlap: float,
+        parity_max_auc_diff: float,
         clean_incoming: bool = True,
     ) -> None:
         self.root = root
@@ -76,6 +78,8 @@ class BundleManager:
         self._onnx_threads = onnx_threads
         self._keep = keep
         self._max_bundle_bytes = max_bundle_bytes
+        self._parity_min_topk_overlap = parity_min_topk_overlap
+        self._parity_max_auc_diff = parity_max_auc_diff
         self._unloadable: set[str] = set()  # recorded bundles ``follow`` found broken
         self.root.mkdir(parents=True, exist_ok=True)
         # A worker of a multi-process server leaves them alone: another worker may be unpacking an upload.
@@ -105,14 +109,18 @@ class BundleManager:
                 "went_live_ms": record.went_live_ms.get(bundle_id),
             }
             try:
-                raw = orjson.loads((self.root / bundle_id / MANIFEST_FILE).read_bytes())
-                manifest = manifest_from_json(raw)
-                entry.update(model=manifest.model, version=manifest.version, schema_hash=manifest.schema_hash)
-                if isinstance(raw, dict) and raw.get("parity") is not None:
-                    entry["parity"] = raw["parity"]
+                manifest = manifest_from_json((self.root / bundle_id / MANIFEST_FILE).read_bytes())
+                entry.update(
+                    model=manifest.model,
+                    version=manifest.version,
+                    schema_hash=manifest.schema_hash,
+                    precision=manifest.precision,
+                )
+                if manifest.parity is not None:
+                    entry["parity"] = manifest.parity.to_json()
             except ManifestInvalid as exc:
                 entry["error"] = exc.message
-            except (OSError, orjson.JSONDecodeError) as exc:
+            except OSError as exc:
                 entry["error"] = f"{MANIFEST_FILE} cannot be read: {exc}"
             out.append(entry)
         return out
@@ -212,7 +220,25 @@ class BundleManager:
         log.info("bundle %s is live in this worker (following the server's record)", record.live)
         return new
 
+    def parity_bounds(self) -> dict[str, float]:
+        return {"min_topk_overlap": self._parity_min_topk_overlap, "max_auc_diff": self._parity_max_auc_diff}
+
+    def _check_parity(self, bundle: Bundle) -> None:
+        manifest = bundle.manifest
+        problems = parity_violations(
+            manifest.precision,
+            manifest.parity,
+            min_topk_overlap=self._parity_min_topk_overlap,
+            max_auc_diff=self._parity_max_auc_diff,
+        )
+        if problems:
+            raise BundleParityRefused(
+                f"bundle {manifest.model} version {manifest.version} ({manifest.precision}) is refused: "
+                + "; ".join(problems)
+            )
+
     def _prepare(self, bundle: Bundle) -> OnnxRunner:
+        self._check_parity(bundle)  # before the session: a refused bundle costs no ONNX Runtime build
         runner = OnnxRunner.build(bundle, intra_op_threads=self._onnx_threads)
         runner.warm_up()
         stored = self._store.slots

@@ -42,6 +42,12 @@ class BundleIncompatible(BundleInvalid):
     code = "incompatible_bundle"
 
 
+class BundleParityRefused(BundleInvalid):
+    """A reduced-precision bundle's parity report is missing or outside the configured bounds."""
+
+    code = "parity_refused"
+
+
 class NoBundle(ServingError):
     """No model bundle is live yet: nothing can be ranked."""
 

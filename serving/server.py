@@ -54,6 +54,8 @@ def prepare_server(settings: Settings) -> str | None:
             onnx_threads=settings.onnx_threads,
             keep=settings.bundle_history,
             max_bundle_bytes=settings.max_bundle_bytes,
+            parity_min_topk_overlap=settings.parity_min_topk_overlap,
+            parity_max_auc_diff=settings.parity_max_auc_diff,
         )
         live = bundles.restore()
         if live is None and settings.bundle is not None:

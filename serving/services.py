@@ -103,6 +103,8 @@ class Services:
             onnx_threads=settings.onnx_threads,
             keep=settings.bundle_history,
             max_bundle_bytes=settings.max_bundle_bytes,
+            parity_min_topk_overlap=settings.parity_min_topk_overlap,
+            parity_max_auc_diff=settings.parity_max_auc_diff,
             clean_incoming=settings.role == "standalone",
         )
         # A worker takes the bundle the server's record names (the master made it live) and writes nothing.
@@ -285,6 +287,7 @@ class Services:
                 "unseen_by_slot": stats.unseen_by_slot,
             },
             "bundles": self.bundles.history(),
+            "parity_bounds": self.bundles.parity_bounds(),
             "quarantined_deltas": self.store.lmdb.get_app_record("quarantine") or [],
             "started_at_ms": self.started_at_ms,
             **self._server_status(),

@@ -88,6 +88,16 @@ class Settings(BaseSettings):
     wait_visible_timeout_s: float = Field(30.0, gt=0)
 
     onnx_threads: int = Field(1, ge=1, description="intra-op threads per ONNX Runtime session")
+    parity_min_topk_overlap: float = Field(
+        0.95,
+        ge=0,
+        le=1,
+        description="a non-fp32 bundle goes live only if its parity report's mean top-k overlap with fp32 is at "
+        "least this",
+    )
+    parity_max_auc_diff: float = Field(
+        0.002, ge=0, description="... and its AUC differs from fp32's by at most this (when the report has labels)"
+    )
     rank_concurrency: int = Field(
         2,
         ge=1,

@@ -10,7 +10,7 @@ features the dense network reads (in input order), the network's two inputs and 
                    "pooling": "mean", "max_len": 50}, ...],
      "user_input": "user", "candidate_input": "candidates",
      "heads": [{"name": "click", "output": "p_click", "weight": 0.6}, ...],
-     "created_at_ms": 1700000000000}
+     "created_at_ms": 1700000000000, "precision": "fp32", "parity": null}
 
 The ONNX contract: two float32 inputs, ``user_input`` of shape [1, user_width] and ``candidate_input`` of
 shape [N, candidate_width] (N dynamic). A side's width is the concatenation, in manifest feature order, of
@@ -20,6 +20,9 @@ float32 [N] or [N, 1] holding a probability.
 The schema hash covers only what decides whether stored rows and deltas fit the model (slot name, dim,
 dtype, id kind; feature name, side, kind, slot, pooling), not the version, heads, TTLs or defaults: a new
 dense snapshot of the same schema keeps the same hash, so the deltas bound to it keep applying.
+
+``precision`` (``fp32`` or ``int8``) and ``parity`` (the report an int8 bundle carries, ``liverank.store.parity``)
+are optional: a manifest written before they existed is an fp32 bundle without a report.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from typing import Any, Literal, get_args
 import orjson
 
 from liverank.store.errors import ManifestInvalid, SlotConflict, UnknownSlot
+from liverank.store.parity import PRECISIONS, REFERENCE_PRECISION, ParityReport, parity_from_json
 from liverank.store.slots import SlotConfig
 
 # A bundle directory holds exactly these two files.
@@ -147,6 +151,8 @@ class Manifest:
     candidate_input: str
     heads: tuple[Head, ...]
     created_at_ms: int
+    precision: str = REFERENCE_PRECISION
+    parity: ParityReport | None = None
     _slots_by_name: dict[str, SlotConfig] = field(init=False, repr=False, compare=False, hash=False)
 
     def __post_init__(self) -> None:
@@ -165,6 +171,7 @@ class Manifest:
             raise ManifestInvalid(f"user_input and candidate_input must differ, both are {self.user_input!r}")
         self._check_slots_and_features()
         self._check_heads()
+        self._check_precision()
         expected = compute_schema_hash(self.slots, self.features)
         if self.schema_hash != expected:
             raise ManifestInvalid(
@@ -208,6 +215,18 @@ class Manifest:
                 raise ManifestInvalid(f"head {head.name!r}: output {head.output!r} is also an input name")
             names.add(head.name)
             outputs.add(head.output)
+
+    def _check_precision(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ManifestInvalid(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.parity is not None:
+            if not isinstance(self.parity, ParityReport):
+                raise ManifestInvalid(f"parity must be a ParityReport, got {type(self.parity).__name__}")
+            heads = {h.name for h in self.heads}
+            if self.parity.head_names != heads or len(self.parity.heads) != len(heads):
+                raise ManifestInvalid(
+                    f"parity reports heads {sorted(self.parity.head_names)}, the manifest declares {sorted(heads)}"
+                )
 
     # Cached on first use: the manifest is immutable and the ranker reads these per request.
     @cached_property
@@ -314,6 +333,8 @@ def manifest_to_json(manifest: Manifest) -> dict[str, Any]:
         "candidate_input": manifest.candidate_input,
         "heads": [h.to_json() for h in manifest.heads],
         "created_at_ms": manifest.created_at_ms,
+        "precision": manifest.precision,
+        "parity": None if manifest.parity is None else manifest.parity.to_json(),
     }
 
 
@@ -342,6 +363,8 @@ def manifest_from_json(payload: bytes | str | Mapping[str, Any]) -> Manifest:
         candidate_input=_required(doc, "manifest", "candidate_input", str),
         heads=heads,
         created_at_ms=_required(doc, "manifest", "created_at_ms", int),
+        precision=_optional(doc, "manifest", "precision", str) or REFERENCE_PRECISION,
+        parity=None if doc.get("parity") is None else parity_from_json(doc["parity"]),
     )
 
 

@@ -31,6 +31,8 @@ from rich.live import Live
 from liverank.exporter.deltas import DeltaBuilder, snapshot_deltas
 from liverank.exporter.onnx_export import export_bundle
 from liverank.exporter.push import PushClient
+from liverank.store.manifest import MANIFEST_FILE, manifest_from_json
+from liverank.store.parity import PRECISIONS
 from liverank.trainer.dashboard import Snapshot, console_is_live, progress_line, render
 from liverank.trainer.demo_report import write_chart, write_summary
 from liverank.trainer.features import short_video_manifest
@@ -58,6 +60,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--rank-rate", type=float, default=10.0, help="ranking requests per second, per server")
     p.add_argument("--candidates", type=int, default=100)
     p.add_argument("--out", type=Path, default=None, help="results directory (default results/demo-<time>)")
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="fp32",
+        help="dense bundles in fp32 (default) or int8 (with a parity report the servers check)",
+    )
     return p
 
 
@@ -83,6 +91,7 @@ class Demo:
         self.trainer = OnlineTrainer(self.manifest, TrainerConfig(seed=args.seed))
         self.batches = self.stream.batches(args.batch_size)
         self.events = 0
+        self.parity: list[dict[str, Any]] = []  # the parity report of every int8 bundle exported
 
     def _train_until_sim_ms(self, until_ms: int) -> None:
         while self.stream.now_ms < until_ms:
@@ -92,7 +101,17 @@ class Demo:
 
     def _export(self, version: int) -> Path:
         manifest = short_video_manifest(dim=self.args.dim, version=str(version))
-        return export_bundle(self.trainer.snapshot_tower(), manifest, self.workdir / "bundles" / f"v{version}")
+        path = export_bundle(
+            self.trainer.snapshot_tower(),
+            manifest,
+            self.workdir / "bundles" / f"v{version}",
+            precision=self.args.precision,
+            rows=self.trainer.recent.rows(),
+        )
+        parity = manifest_from_json((path / MANIFEST_FILE).read_bytes()).parity
+        if parity is not None:
+            self.parity.append({"version": version, **parity.to_json()})
+        return path
 
     def run(self) -> dict[str, Any]:
         args = self.args
@@ -240,6 +259,8 @@ class Demo:
             "auc": auc,
             "auc_margin": None if None in auc.values() else auc["fresh"] - auc["frozen"],  # type: ignore[operator]
             "auc_series": series,
+            "precision": args.precision,
+            "parity": self.parity,
             "servers": {name: {"url": s.url, "log": str(s.log_path)} for name, s in servers.items()},
         }
 
@@ -292,6 +313,14 @@ def _print_summary(console: Console, summary: dict[str, Any], out: Path) -> None
         f"(margin {summary['auc_margin'] if summary['auc_margin'] is not None else float('nan'):+.4f})\n"
         f"  written: {out / 'summary.json'}, {out / 'auc.png'}"
     )
+    reports = summary["parity"]
+    if reports:
+        overlaps = [r["topk_overlap_mean"] for r in reports]
+        auc_diffs = [abs(r["auc_diff"]) for r in reports if r["auc_diff"] is not None]
+        console.print(
+            f"  {summary['precision']} bundles: top-50 overlap with fp32 {min(overlaps):.4f}-{max(overlaps):.4f}, "
+            f"largest AUC difference {max(auc_diffs, default=float('nan')):.5f} ({len(reports)} parity reports)"
+        )
 
 
 if __name__ == "__main__":

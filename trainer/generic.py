@@ -38,6 +38,7 @@ from liverank.store.manifest import Feature, Manifest
 from liverank.trainer.events import F32Array, I64Array, U64Array
 from liverank.trainer.features import IdColumn
 from liverank.trainer.model import DEFAULT_HIDDEN, DenseTower
+from liverank.trainer.recent import RecentRows
 from liverank.trainer.tables import AdagradConfig, AdmissionPolicy, EmbeddingTable, TableUpdate
 
 logger = logging.getLogger(__name__)
@@ -241,6 +242,7 @@ class GenericTrainer:
         self._now_ms: int | None = None
         self._last_sweep_ms: int | None = None
         self.events_trained = 0
+        self.recent = RecentRows()  # held-out rows for an export's parity report
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -294,6 +296,7 @@ class GenericTrainer:
                 for name, table in self._tables.items()
             }
             user, candidates = self._inputs(lookups, batch.numbers, len(batch))
+            self.recent.add(user, candidates, {name: batch.labels[name] for name in self._head_names})
             logits = self._tower.logits(user, candidates)
             losses = [
                 functional.binary_cross_entropy_with_logits(

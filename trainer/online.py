@@ -17,6 +17,7 @@ from liverank.trainer.events import EventBatch, F32Array, I64Array, U64Array
 from liverank.trainer.features import IdColumn, batch_columns, single
 from liverank.trainer.generic import ColumnBatch, GenericTrainer, Rows, TrainerConfig
 from liverank.trainer.model import DenseTower
+from liverank.trainer.recent import RecentRows
 from liverank.trainer.tables import EmbeddingTable
 
 __all__ = ["OnlineTrainer", "Rows", "TrainerConfig"]
@@ -64,6 +65,11 @@ class OnlineTrainer:
     @property
     def events_trained(self) -> int:
         return self._trainer.events_trained
+
+    @property
+    def recent(self) -> RecentRows:
+        """The tower inputs and labels of the last training events (an export's parity rows)."""
+        return self._trainer.recent
 
     def clone(self) -> OnlineTrainer:
         """An independent deep copy (tables, tower, optimiser state): e.g. a model to freeze for comparison."""

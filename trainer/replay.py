@@ -39,17 +39,18 @@ import httpx
 import numpy as np
 import orjson
 
+from liverank.exporter.auc import roc_auc
 from liverank.exporter.deltas import DeltaBuilder, snapshot_deltas
 from liverank.exporter.onnx_export import export_bundle
 from liverank.exporter.push import PushClient, PushError
-from liverank.store.manifest import Manifest
+from liverank.store.manifest import MANIFEST_FILE, Manifest, manifest_from_json
+from liverank.store.parity import PRECISIONS
 from liverank.trainer.datasets import DATASETS, DatasetUnavailable, ReplayData, load
 from liverank.trainer.events import F32Array, I64Array
 from liverank.trainer.features import IdColumn
-from liverank.trainer.generic import ColumnBatch, GenericTrainer, Rows, Tower, TrainerConfig
+from liverank.trainer.generic import ColumnBatch, GenericTrainer, Rows, TrainerConfig
 from liverank.trainer.replay_report import log_loss, summarise, write_chart, write_json, write_markdown
 from liverank.trainer.servers import LiverankServer
-from liverank.trainer.synthetic_stream import roc_auc
 from liverank.trainer.tables import AdagradConfig
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,7 @@ class Settings:
     batch_size: int = 256
     dense_lr: float = 2e-3
     sparse_lr: float = 0.05
+    precision: str = "fp32"
 
     def trainer_config(self, seed: int) -> TrainerConfig:
         return TrainerConfig(seed=seed, dense_lr=self.dense_lr, sparse=AdagradConfig(learning_rate=self.sparse_lr))
@@ -80,8 +82,12 @@ class Settings:
 class ServedModel:
     """One ``liverank serve`` process fed by one producer: a full snapshot at start, then syncs."""
 
-    def __init__(self, name: str, workdir: Path, log_dir: Path, bundle: Path, manifest: Manifest) -> None:
+    def __init__(
+        self, name: str, workdir: Path, log_dir: Path, bundle: Path, manifest: Manifest, precision: str = "fp32"
+    ) -> None:
         self.name = name
+        self.precision = precision
+        self.parity: list[dict[str, Any]] = [bundle_parity(bundle)]  # each bundle's parity report (int8)
         self.manifest = manifest
         self.server = LiverankServer(name, workdir / f"data-{name}", bundle, log_dir)
         self.version = int(manifest.version)
@@ -122,7 +128,8 @@ class ServedModel:
             n_rows = delta.n_rows
         self.version += 1
         manifest = dataclasses.replace(self.manifest, version=str(self.version))
-        bundle = export(trainer.snapshot_tower(), manifest, self._bundles / f"v{self.version}")
+        bundle = export(trainer, manifest, self._bundles / f"v{self.version}", self.precision)
+        self.parity.append(bundle_parity(bundle))
         self._client.push_bundle(bundle)
         shutil.rmtree(bundle, ignore_errors=True)
         self.rows_pushed += n_rows
@@ -137,9 +144,20 @@ class ServedModel:
         self.server.stop()
 
 
-def export(tower: Tower, manifest: Manifest, out_dir: Path) -> Path:
-    """``export_bundle``: ONNX export and parity check."""
-    return export_bundle(tower, manifest, out_dir)
+def export(trainer: GenericTrainer, manifest: Manifest, out_dir: Path, precision: str) -> Path:
+    """``export_bundle`` of the trainer's tower: ONNX export, parity check, ``precision`` (int8: a parity report
+    measured on the trainer's recent rows)."""
+    return export_bundle(trainer.snapshot_tower(), manifest, out_dir, precision=precision, rows=trainer.recent.rows())
+
+
+def bundle_parity(bundle: Path) -> dict[str, Any]:
+    """The precision and parity report a bundle's manifest records."""
+    manifest = manifest_from_json((bundle / MANIFEST_FILE).read_bytes())
+    return {
+        "version": manifest.version,
+        "precision": manifest.precision,
+        "parity": None if manifest.parity is None else manifest.parity.to_json(),
+    }
 
 
 # --- requests -------------------------------------------------------------------------------------------------
@@ -345,16 +363,16 @@ class Replay:
         train_in_order(base, events, np.arange(self.cut), s.batch_size)
         base.take_sparse_update()  # the snapshot carries every row
         batch_s = time.perf_counter() - started
-        bundle = export(base.snapshot_tower(), self.data.manifest, self.workdir / f"bundle-{tag}")
+        bundle = export(base, self.data.manifest, self.workdir / f"bundle-{tag}", s.precision)
         rows = base.all_rows()
         now_ms = base.now_ms or 0
-        batch_served = ServedModel(f"batch-{tag}", self.workdir, self.log_dir, bundle, self.data.manifest)
+        batch_served = ServedModel(f"batch-{tag}", self.workdir, self.log_dir, bundle, self.data.manifest, s.precision)
         try:
             batch_served.start(rows, now_ms)
             self.say(f"{tables}, seed {seed}: batch phase trained in {batch_s:.1f} s; batch server {batch_served.url}")
             for n_shards in s.shards:
                 online_served = ServedModel(
-                    f"online-{tag}-n{n_shards}", self.workdir, self.log_dir, bundle, self.data.manifest
+                    f"online-{tag}-n{n_shards}", self.workdir, self.log_dir, bundle, self.data.manifest, s.precision
                 )
                 try:
                     online_served.start(rows, now_ms)
@@ -433,6 +451,7 @@ class Replay:
             "snapshot_rows": online_served.snapshot_rows,
             "rows_pushed": online_served.rows_pushed,
             "sync_s": round(online_served.sync_s, 2),
+            "parity": {"online": online_served.parity, "batch": batch_served.parity},
             "train_s": round(train_s, 2),
             "seconds": round(time.perf_counter() - started, 2),
         }
@@ -489,6 +508,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--dense-lr", type=float, default=2e-3)
     p.add_argument("--sparse-lr", type=float, default=0.05)
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="fp32",
+        help="dense bundles in fp32 (default) or int8 (with a parity report the servers check)",
+    )
     p.add_argument("--max-events", type=int, default=None, help="use only the first events (in time order)")
     p.add_argument("--synthetic-events", type=int, default=None, help="size of a synthetic data set")
     p.add_argument("--cache-dir", type=Path, default=None, help="data-set cache (default ~/.cache/liverank/datasets)")
@@ -517,6 +542,7 @@ def main(argv: list[str]) -> int:
         batch_size=args.batch_size,
         dense_lr=args.dense_lr,
         sparse_lr=args.sparse_lr,
+        precision=args.precision,
     )
     started = time.time()
     try:

@@ -450,23 +450,6 @@ class _Params:
     finish_bias: float
 
 
-def roc_auc(labels: np.ndarray[Any, Any], scores: np.ndarray[Any, Any]) -> float:
-    """Area under the ROC curve of ``scores`` against 0/1 ``labels`` (ties count one half); NaN if one class only.
-
-    For scoring served answers against the truth: labels drawn from ``ground_truth_click``, or observed clicks.
-    """
-    y = np.asarray(labels, dtype=np.float64) > 0.5
-    n_pos = int(y.sum())
-    n_neg = len(y) - n_pos
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    # Mann-Whitney U with average ranks for ties.
-    _, inverse, counts = np.unique(np.asarray(scores, dtype=np.float64), return_inverse=True, return_counts=True)
-    average_rank = np.cumsum(counts) - (counts - 1) / 2.0
-    rank_sum = float(average_rank[inverse][y].sum())
-    return (rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg)
-
-
 def _tag_ids(cat: _Catalog, items: IntArray) -> U64Array:
     ids = _TAGS.encode(cat.tags[items])
     ids[np.arange(ids.shape[1])[None, :] >= cat.n_tags[items][:, None]] = 0  # padding

@@ -18,7 +18,8 @@ from typing import Any
 import httpx
 import numpy as np
 
-from liverank.trainer.synthetic_stream import ShortVideoStream, roc_auc
+from liverank.exporter.auc import roc_auc
+from liverank.trainer.synthetic_stream import ShortVideoStream
 
 
 def auc(scores: np.ndarray[Any, Any], labels: np.ndarray[Any, Any]) -> float | None:

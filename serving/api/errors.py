@@ -36,6 +36,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "invalid_bundle": 422,
     "unsafe_archive": 422,
     "incompatible_bundle": 422,
+    "parity_refused": 422,
     "invalid_manifest": 422,
     "bundle_too_large": 413,
     "no_bundle": 503,

@@ -50,7 +50,7 @@ def test_tiny_preset(tmp_path: Path) -> None:
 
 
 def test_w500_preset_follows_the_workload(tmp_path: Path) -> None:
-    manifest = build_synthetic_bundle(tmp_path, preset="w500")
+    manifest = build_synthetic_bundle(tmp_path, preset="w500", split=False)
     assert [f.name for f in manifest.user_features] == [
         "user_id",
         "hist_item_ids",
@@ -109,7 +109,7 @@ def _reference_probabilities(
 
 
 def test_network_computes_mlp_plus_second_order_term(tmp_path: Path) -> None:
-    manifest = build_synthetic_bundle(tmp_path, preset="tiny", dim=8, seed=3)
+    manifest = build_synthetic_bundle(tmp_path, preset="tiny", dim=8, seed=3, split=False)
     model = onnx.load_model(str(tmp_path / "dense.onnx"))
     rng = np.random.default_rng(0)
     user = rng.standard_normal((1, manifest.user_width), dtype=np.float32)
@@ -209,3 +209,15 @@ def test_cli_invalid_bundle_exits_1(tmp_path: Path, capsys: pytest.CaptureFixtur
 def test_cli_help_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["synthetic", "--help"]) == 0
     assert "--preset" in capsys.readouterr().out
+
+
+def test_cli_builds_an_int8_bundle_with_its_parity_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "bundle"
+    assert main(["synthetic", "--out", str(out), "--preset", "tiny", "--precision", "int8"]) == 0
+    manifest = manifest_from_json((out / "manifest.json").read_bytes())
+    assert manifest.precision == "int8"
+    assert manifest.parity is not None
+    assert manifest.parity.topk_overlap_mean >= 0.95
+    assert manifest.parity.auc_diff is None  # random rows carry no labels
+    assert "parity vs fp32: top-50 overlap" in capsys.readouterr().out
+    assert main(["synthetic", "--out", str(tmp_path / "x"), "--precision", "fp8"]) == 2

@@ -6,7 +6,8 @@ reported before the kill, and nothing is stuck in a userspace buffer.
 
 Commands:
 - ``crash-writer PATH --start S --durability D``: apply the crash stream from ``S`` on until killed.
-- ``inbox-writer PATH --start S --seed N``: drain the inbox, then enqueue and apply (with ``inbox_key``) until killed.
+- ``inbox-writer PATH --start S --seed N [--hold]``: drain the inbox, then enqueue and apply (with ``inbox_key``) until
+  killed; ``--hold`` enqueues one batch, prints ``holding`` and waits to be killed with the batch still queued.
 - ``reader PATH --final K``: look the visibility group up in a loop until it reads ``K``; print a JSON summary.
 - ``hold-write PATH``: open a write transaction on the store and hold it until stdin closes.
 - ``reader PATH --final K --shared DIR``: the same, reading the shared tier in ``DIR`` (a serving worker's view).
@@ -244,7 +245,7 @@ def _crash_writer(path: str, start: int, durability: str) -> int:
     return 4
 
 
-def _inbox_writer(path: str, start: int, seed: int) -> int:
+def _inbox_writer(path: str, start: int, seed: int, hold: bool = False) -> int:
     store = EmbeddingStore.open(path, slots=CRASH_SLOTS, map_size_bytes=CRASH_MAP_SIZE_BYTES)
     inbox = Inbox(store.lmdb, max_depth=64)
     _emit("ready")
@@ -268,6 +269,10 @@ def _inbox_writer(path: str, start: int, seed: int) -> int:
             inbox.enqueue(crash_delta(k), received_at_ms=k)
             _emit("enqueued", k)
             k += 1
+        if hold:  # the hand-off case on demand: enqueued, acknowledged, not yet applied when the kill comes
+            _emit("holding")
+            time.sleep(max(0.0, deadline - time.monotonic()))
+            return 4
         drain()
     return 4
 
@@ -364,6 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     inbox.add_argument("path")
     inbox.add_argument("--start", type=int, required=True)
     inbox.add_argument("--seed", type=int, required=True)
+    inbox.add_argument("--hold", action="store_true")
     reader = commands.add_parser("reader")
     reader.add_argument("path")
     reader.add_argument("--final", type=int, required=True)
@@ -382,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "crash-writer":
         return _crash_writer(args.path, args.start, args.durability)
     if args.command == "inbox-writer":
-        return _inbox_writer(args.path, args.start, args.seed)
+        return _inbox_writer(args.path, args.start, args.seed, args.hold)
     if args.command == "reader":
         return _reader(args.path, args.final, args.budget, args.timeout, args.shared)
     if args.command == "tier-writer":

@@ -162,46 +162,67 @@ def test_power_durability_writer_killed_at_random_points(tmp_path: Path) -> None
     assert kills[-1].applied_seq > 0, "the stream made progress across kills"
 
 
+def kill_child_on(args: list[str], line: str) -> list[str]:
+    """Start a child, SIGKILL it as soon as it prints ``line``; its stdout lines (``ready`` excluded)."""
+    with start_child(*args) as proc:
+        lines = ChildLines(proc)
+        try:
+            lines.wait_for(line, timeout_s=60)
+        finally:
+            proc.kill()
+            lines.read_to_eof()
+            proc.wait()
+    assert proc.returncode == -signal.SIGKILL, f"the child ended on its own (exit {proc.returncode})"
+    return [text for text in lines.lines if text != "ready"]
+
+
+def _check_inbox_after_kill(path: Path, enqueued_ever: set[int], lines: list[str], trial: int) -> tuple[int, list[int]]:
+    """A delta reported as enqueued is either still queued (not applied) or applied (and gone from the inbox):
+    never both, never neither. Returns the applied sequence and what is queued."""
+    with EmbeddingStore.open(path, map_size_bytes=CRASH_MAP_SIZE_BYTES) as store:
+        s = store.applied_seq(CRASH_PRODUCER)
+        inbox = Inbox(store.lmdb, max_depth=64)
+        entries = inbox.pending(limit=1000)
+        queued = [e.seq for e in entries]
+        context = f"trial {trial}: applied {s}, queued {queued}, child said {lines[-6:]}"
+        assert queued == list(range(s + 1, s + 1 + len(queued))), f"queued entries are not s+1..: {context}"
+        both = [k for k in queued if k <= s]
+        neither = sorted(k for k in enqueued_ever if k > s and k not in queued)
+        assert not both, f"applied and still queued: {both}; {context}"
+        assert not neither, f"reported enqueued, neither applied nor queued: {neither}; {context}"
+        for entry in entries:
+            delta = entry.delta()
+            assert (delta.producer, delta.seq, entry.received_at_ms) == (CRASH_PRODUCER, entry.seq, entry.seq)
+        check_crash_stream(store, s)
+        check_resumes_at(store, s)
+        # Enqueueing follows the queue: the next acceptable sequence is after the last queued one.
+        last = max(s, *queued) if queued else s
+        with pytest.raises(SequenceGap) as gap:
+            inbox.enqueue(crash_delta(last + 2), received_at_ms=0)
+        assert gap.value.expected == last + 1
+        if last:
+            assert inbox.enqueue(crash_delta(last), received_at_ms=0).status == "duplicate"
+        assert [e.seq for e in inbox.pending(limit=1000)] == queued
+        return s, queued
+
+
 def test_writer_killed_during_inbox_hand_off_applies_each_delta_exactly_once(tmp_path: Path) -> None:
-    """A delta reported as enqueued is, after any kill, either still queued (not applied) or applied (and gone from
-    the inbox): never both, never neither. The next writer drains what is queued, in order, then goes on."""
+    """Kills at random points, then one kill that always lands with a batch acknowledged but not applied (the
+    hand-off itself, on demand rather than by luck). The next writer drains what is queued, in order, then goes on."""
     path = tmp_path / "store"
     rng = random.Random(4242)
     start = 1
     enqueued_ever: set[int] = set()
-    queued_after_kill = 0
-    for trial in range(INBOX_TRIALS):
-        delay_s = rng.uniform(0, KILL_DELAY_MAX_S)
-        lines = kill_child_at_random(
-            ["inbox-writer", str(path), "--start", str(start), "--seed", str(rng.randrange(2**31))], delay_s
-        )
+    for trial in range(INBOX_TRIALS + 1):
+        args = ["inbox-writer", str(path), "--start", str(start), "--seed", str(rng.randrange(2**31))]
+        if trial < INBOX_TRIALS:
+            lines = kill_child_at_random(args, rng.uniform(0, KILL_DELAY_MAX_S))
+        else:
+            lines = kill_child_on([*args, "--hold"], "holding")
         enqueued_ever.update(int(line.split()[1]) for line in lines if line.startswith("enqueued "))
-        with EmbeddingStore.open(path, map_size_bytes=CRASH_MAP_SIZE_BYTES) as store:
-            s = store.applied_seq(CRASH_PRODUCER)
-            inbox = Inbox(store.lmdb, max_depth=64)
-            entries = inbox.pending(limit=1000)
-            queued = [e.seq for e in entries]
-            context = f"trial {trial}: applied {s}, queued {queued}, child said {lines[-6:]}"
-            assert queued == list(range(s + 1, s + 1 + len(queued))), f"queued entries are not s+1..: {context}"
-            both = [k for k in queued if k <= s]
-            neither = sorted(k for k in enqueued_ever if k > s and k not in queued)
-            assert not both, f"applied and still queued: {both}; {context}"
-            assert not neither, f"reported enqueued, neither applied nor queued: {neither}; {context}"
-            for entry in entries:
-                delta = entry.delta()
-                assert (delta.producer, delta.seq, entry.received_at_ms) == (CRASH_PRODUCER, entry.seq, entry.seq)
-            check_crash_stream(store, s)
-            check_resumes_at(store, s)
-            # Enqueueing follows the queue: the next acceptable sequence is after the last queued one.
-            last = max(s, *queued) if queued else s
-            with pytest.raises(SequenceGap) as gap:
-                inbox.enqueue(crash_delta(last + 2), received_at_ms=0)
-            assert gap.value.expected == last + 1
-            if last:
-                assert inbox.enqueue(crash_delta(last), received_at_ms=0).status == "duplicate"
-            assert [e.seq for e in inbox.pending(limit=1000)] == queued
-        queued_after_kill += bool(queued)
+        applied, queued = _check_inbox_after_kill(path, enqueued_ever, lines, trial)
+        if trial == INBOX_TRIALS:
+            assert queued, f"the held batch is not queued after the kill (applied {applied})"
         # The next writer first drains the queue (it checks it ends at applied_seq == start - 1).
-        start = (queued[-1] if queued else s) + 1
+        start = (queued[-1] if queued else applied) + 1
     assert len(enqueued_ever) >= INBOX_TRIALS
-    assert queued_after_kill >= 1, "no kill ever left a delta in the inbox: the hand-off was not exercised"

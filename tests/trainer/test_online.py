@@ -10,10 +10,11 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from liverank.exporter.auc import roc_auc  # noqa: E402
 from liverank.trainer.events import EventBatch  # noqa: E402
 from liverank.trainer.features import IdColumn, short_video_manifest, single  # noqa: E402
 from liverank.trainer.online import OnlineTrainer, TrainerConfig  # noqa: E402
-from liverank.trainer.synthetic_stream import ShortVideoStream, roc_auc  # noqa: E402
+from liverank.trainer.synthetic_stream import ShortVideoStream  # noqa: E402
 from liverank.trainer.tables import AdmissionPolicy  # noqa: E402
 
 BATCH = 256

@@ -137,3 +137,24 @@ def test_replay_says_clearly_when_the_data_set_cannot_be_had(
     code = main(["--dataset", "movielens-100k", "--cache-dir", str(tmp_path), "--out", str(tmp_path / "out")])
     assert code == 2
     assert "movielens-100k is not available here" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_an_int8_replay_ships_bundles_with_parity_reports_the_servers_accept(tmp_path: Path) -> None:
+    path = write_synthetic_criteo(tmp_path / "train.txt", n_events=3000, seed=1)
+    report = _run(
+        tmp_path, ["--data", str(path), "--format", "criteo", "--shards", "2", "--dim", "8", "--precision", "int8"]
+    )
+    run = report["runs"][0]
+    assert report["failures"] == 0
+    assert run["syncs"] == 1
+    bundles = [*run["parity"]["batch"], *run["parity"]["online"]]
+    assert len(bundles) == 3  # the batch-phase bundle on both servers, then one sync
+    for bundle in bundles:
+        assert bundle["precision"] == "int8"
+        parity = bundle["parity"]
+        assert parity["topk_overlap_mean"] >= 0.95
+        assert parity["labelled_rows"] > 0
+        assert abs(parity["auc_diff"]) <= 0.002
+    # int8 scores are close to the trainer's fp32 ones, not equal.
+    assert 0 < max(run["max_abs_diff_vs_trainer"].values()) < 0.05

@@ -8,8 +8,9 @@ import time
 import numpy as np
 import pytest
 
+from liverank.exporter.auc import roc_auc
 from liverank.trainer.events import EventBatch, EventSource
-from liverank.trainer.synthetic_stream import ShortVideoStream, roc_auc
+from liverank.trainer.synthetic_stream import ShortVideoStream
 
 
 def _events(stream: ShortVideoStream, n_batches: int, batch_size: int = 250) -> EventBatch:
