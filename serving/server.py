@@ -19,6 +19,7 @@ import copy
 import logging
 import os
 import shutil
+import socket
 import tempfile
 import threading
 import time
@@ -39,6 +40,20 @@ log = logging.getLogger(__name__)
 
 WORKER_APP = "liverank.serving.api.app:create_worker_app"
 _WATCH_S = 0.5
+
+
+def listening_socket(config: uvicorn.Config) -> socket.socket:
+    """uvicorn's bound socket (it logs the port line ``liverank.server_process`` reads), declared as TCP.
+
+    ``Config.bind_socket`` makes the socket with protocol 0, and asyncio sets TCP_NODELAY on an accepted connection
+    only where the socket says IPPROTO_TCP: without it, a response written in two segments (headers, body) waits for
+    the client's delayed ACK, 40-45 ms per keep-alive request (measured on /healthz: 44 ms against 0.2 ms).
+    The worker processes receive this socket object, protocol included.
+    """
+    bound = config.bind_socket()
+    sock = socket.socket(bound.family, bound.type, socket.IPPROTO_TCP, fileno=bound.detach())
+    sock.set_inheritable(True)
+    return sock
 
 
 def prepare_server(settings: Settings) -> str | None:
@@ -122,7 +137,7 @@ def run_server(settings: Settings, log_level: str) -> int:
             timeout_graceful_shutdown=30,
             log_config=_log_config(log_level),
         )
-        sock = config.bind_socket()
+        sock = listening_socket(config)
         # Listening from now on: connections wait in the backlog until a worker accepts them, not refused while
         # the workers start.
         sock.listen(config.backlog)
