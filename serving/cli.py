@@ -37,6 +37,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--map-size-bytes", type=int, help="LMDB map size (LIVERANK_MAP_SIZE_BYTES)")
     p.add_argument("--ram-budget-rows", type=int, help="rows kept in the RAM tier (LIVERANK_RAM_BUDGET_ROWS)")
     p.add_argument("--onnx-threads", type=int, help="intra-op threads per ONNX session (LIVERANK_ONNX_THREADS)")
+    p.add_argument(
+        "--log", help="replicated mode: the shared delta log, nats://host:port[,...] (LIVERANK_LOG; README, Replicas)"
+    )
+    p.add_argument("--stream", help="the log's JetStream stream name (LIVERANK_STREAM, default liverank)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return p
 

@@ -35,6 +35,7 @@ class Follower:
         self._failures_seen: dict[str, int] = {}
         self.drained_at_start = threading.Event()
         self.last_apply_ms: int | None = None
+        self.writer_status: dict[str, Any] = {}  # the writer's last status record (its delta source's state too)
         self.freshness = Freshness(store, metrics)
 
     def start(self) -> None:
@@ -94,6 +95,7 @@ class Follower:
         status: dict[str, Any] = self._store.lmdb.get_app_record(STATUS_RECORD) or {}
         if status.get("token") != self._writer.token:
             return  # a previous writer's record: this one has not reported yet
+        self.writer_status = status
         for kind, count in status.get("failures", {}).items():
             new = count - self._failures_seen.get(kind, 0)
             if new > 0:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
 
 from liverank.serving.bundles import BundleManager
 from liverank.serving.errors import ConfigInvalid
@@ -23,6 +23,10 @@ from liverank.serving.settings import LOOPBACK_HOSTS, Settings
 from liverank.serving.updater import Updater
 from liverank.serving.writer import WriterConfig, WriterProcess
 from liverank.store import EmbeddingStore, Inbox
+
+if TYPE_CHECKING:  # replicated mode's modules need the replication extra (nats-py): imported only with --log
+    from liverank.serving.replication.link import NatsLink
+    from liverank.serving.replication.publisher import LogIntake
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +52,9 @@ class Services:
     bundles: BundleManager
     ranker: Ranker
     updater: Updater | Follower
-    intake: DeltaIntake
+    intake: DeltaIntake | LogIntake
     started_at_ms: int
+    log_link: NatsLink | None = None  # replicated mode: this process's connection to the shared log
 
     @classmethod
     def open(cls, settings: Settings) -> Services:
@@ -84,6 +89,16 @@ class Services:
             live = bundles.install_dir(settings.bundle)
             metrics.bundle_swaps.labels(how="startup").inc()
         inbox = Inbox(store.lmdb, settings.inbox_max_depth)
+        log_config = None
+        log_link: NatsLink | None = None
+        if settings.log is not None:
+            from liverank.serving.replication.link import NatsLink, log_config_from  # noqa: PLC0415
+
+            log_config = log_config_from(settings)
+            if settings.writer != "process":
+                raise ConfigInvalid("replicated mode (--log) needs the writer process (LIVERANK_WRITER=process)")
+            log_link = NatsLink(log_config, "server").start()
+            log_link.ensure_stream()
         updater: Updater | Follower
         if settings.writer == "process":
             store.follow_inline = False  # the follower thread catches up; ranking requests never pay for it
@@ -97,6 +112,7 @@ class Services:
                     flush_interval_s=settings.flush_interval_s,
                     sweep_interval_s=settings.sweep_interval_s,
                     log_level=logging.getLogger().getEffectiveLevel(),
+                    log=None if log_config is None else asdict(log_config),
                 )
             )
             updater = Follower(store, writer, metrics, poll_s=settings.updater_poll_s)
@@ -119,8 +135,11 @@ class Services:
             bundles=bundles,
             ranker=Ranker(store, model_slot, limits),
             updater=updater,
-            intake=DeltaIntake(store, inbox, updater, metrics),
+            intake=DeltaIntake(store, inbox, updater, metrics)
+            if log_link is None
+            else _log_intake(store, log_link, metrics),
             started_at_ms=time.time_ns() // 1_000_000,
+            log_link=log_link,
         )
         services.note_live_bundle()
         updater.start()
@@ -134,6 +153,8 @@ class Services:
 
     def close(self) -> None:
         self.updater.stop()
+        if self.log_link is not None:
+            self.log_link.close()
         self.store.close()
 
     def note_live_bundle(self) -> None:
@@ -170,6 +191,7 @@ class Services:
             },
             "bundles": self.bundles.history(),
             "quarantined_deltas": self.store.lmdb.get_app_record("quarantine") or [],
+            "log": self.log_status(),
             "started_at_ms": self.started_at_ms,
         }
 
@@ -180,4 +202,26 @@ class Services:
             return False, "applying the deltas queued before start-up"
         if not self.updater.alive:
             return False, "the updater (writer process or its follower) has stopped"
+        log_status = self.log_status()
+        if log_status is not None:
+            if log_status.get("state") != "following":
+                return False, f"the shared log is {log_status.get('state', 'not read yet')}"
+            if log_status["lag_records"] > self.settings.log_max_lag_records:
+                return (
+                    False,
+                    f"{log_status['lag_records']} log records behind (ready at {self.settings.log_max_lag_records})",
+                )
         return True, "ready"
+
+    def log_status(self) -> dict[str, Any] | None:
+        """Replicated mode: the writer's reading of the shared log (position applied, lag, state); else None."""
+        if self.log_link is None:
+            return None
+        status = getattr(self.updater, "writer_status", {}).get("source")
+        return dict(status) if isinstance(status, dict) else {"state": "starting"}
+
+
+def _log_intake(store: EmbeddingStore, link: NatsLink, metrics: Metrics) -> LogIntake:
+    from liverank.serving.replication.publisher import LogIntake  # noqa: PLC0415 - the replication extra
+
+    return LogIntake(store, link, metrics)

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
+from liverank.serving.delta_source import DeltaSource
 from liverank.serving.metrics import Metrics
 from liverank.serving.updater import Updater
 from liverank.store import EmbeddingStore, Inbox
@@ -43,6 +44,7 @@ class WriterConfig:
     flush_interval_s: float
     sweep_interval_s: float
     log_level: int
+    log: dict[str, Any] | None = None  # replicated mode: a LogConfig's fields (the writer reads the shared log)
 
 
 def _writer_main(config: dict[str, Any], stop: Connection, token: int, parent_pid: int) -> None:
@@ -54,10 +56,12 @@ def _writer_main(config: dict[str, Any], stop: Connection, token: int, parent_pi
         durability=cfg.durability,  # type: ignore[arg-type]
         ram_tier=False,
     )
+    source: DeltaSource | None = None
     try:
+        source = _open_source(cfg, store)
         updater = Updater(
             store,
-            Inbox(store.lmdb, cfg.inbox_max_depth),
+            source,
             Metrics(),
             poll_s=cfg.poll_s,
             flush_interval_s=cfg.flush_interval_s,
@@ -78,7 +82,22 @@ def _writer_main(config: dict[str, Any], stop: Connection, token: int, parent_pi
                 break
         updater.stop()
     finally:
+        stop_source = getattr(source, "stop", None)  # the log's connection (the inbox has nothing to stop)
+        if stop_source is not None:
+            stop_source()
         store.close()
+
+
+def _open_source(cfg: WriterConfig, store: EmbeddingStore) -> DeltaSource:
+    """The embedded inbox, or in replicated mode the shared log (nats is imported only then)."""
+    if cfg.log is None:
+        return Inbox(store.lmdb, cfg.inbox_max_depth)
+    from liverank.serving.replication.consumer import LogSource  # noqa: PLC0415 - the replication extra
+    from liverank.serving.replication.link import LogConfig  # noqa: PLC0415
+
+    source = LogSource(store, LogConfig(**{**cfg.log, "servers": tuple(cfg.log["servers"])}))
+    source.start()
+    return source
 
 
 class WriterProcess:

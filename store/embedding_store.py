@@ -11,6 +11,7 @@ Writes: ``apply`` validates a delta, commits it to LMDB in one transaction, then
 from __future__ import annotations
 
 import bisect
+import hashlib
 import itertools
 import logging
 import os
@@ -258,16 +259,18 @@ class EmbeddingStore:
         inbox_key: bytes | None = None,
         payload: bytes | None = None,
         received_at_ms: int = 0,
+        log_position: int | None = None,
     ) -> ApplyResult:
         """Validate and apply one delta, all or nothing. Duplicates are no-ops; gaps raise ``SequenceGap``.
 
         ``payload``: the delta's binary form if the caller has it (saves encoding it again for the changelog).
         ``received_at_ms``: when the delta arrived, kept in the changelog for followers' freshness figures.
+        ``log_position``: the shared-log record it came from (replicated mode), recorded with the rows.
         """
         with self._write_lock:
             prepared = prepare_delta(delta, self._slots, self._schema_hash)
             binary = payload if payload is not None else encode_delta(delta)
-            result = self._lmdb.apply(prepared, binary, inbox_key, received_at_ms)
+            result = self._lmdb.apply(prepared, binary, inbox_key, received_at_ms, log_position)
             if result.status == "applied" and self._tier_ok:
                 if self._tier.generation == result.generation - 1:
                     self._apply_to_tier(prepared, result.generation)
@@ -478,6 +481,28 @@ class EmbeddingStore:
     def applied_seqs(self) -> dict[str, int]:
         with self._lmdb.read() as txn:
             return self._lmdb.applied_seqs(txn)
+
+    def log_position(self) -> int:
+        with self._lmdb.read() as txn:
+            return self._lmdb.log_position(txn)
+
+    def rows_checksum(self) -> dict[str, Any]:
+        """A digest of every stored row (key and value bytes, in key order) with the sequences and log position of
+        the same snapshot: two replicas that applied the same records hold equal digests. Reads every row (seconds
+        per million): for convergence checks, not for a hot path."""
+        digest = hashlib.blake2b(digest_size=16)
+        rows = 0
+        with self._lmdb.read() as txn:
+            for key, value in txn.cursor(db=self._lmdb.rows_db):
+                digest.update(len(key).to_bytes(4, "little") + key + len(value).to_bytes(4, "little") + value)
+                rows += 1
+            return {
+                "rows_digest": digest.hexdigest(),
+                "rows": rows,
+                "applied_seq": self._lmdb.applied_seqs(txn),
+                "log_position": self._lmdb.log_position(txn),
+                "generation": self._lmdb.generation(txn),
+            }
 
     def stats(self) -> StoreStats:
         with self._lmdb.read() as txn:

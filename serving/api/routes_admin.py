@@ -57,6 +57,16 @@ async def push_delta(request: Request, wait: Literal["visible"] | None = Query(N
     return _json({**answer, "inbox_depth": result.depth}, 202)
 
 
+@router.get(
+    "/checksum",
+    summary="A digest of every stored row, with the sequences and log position it reflects (replica convergence)",
+)
+async def rows_checksum(request: Request) -> Response:
+    services: Services = request.app.state.services
+    checksum = await run_in_threadpool(services.store.rows_checksum)
+    return _json({**checksum, "epoch": services.epoch()})
+
+
 def _live_answer(services: Services, live: LiveModel) -> Response:
     services.note_live_bundle()
     m = live.manifest
