@@ -52,6 +52,10 @@ class Replica(ServerProcess):
     def client(self) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=30, headers={"Authorization": f"Bearer {self.token}"})
 
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
     def kill(self) -> None:
         assert self.pid is not None
         os.kill(self.pid, signal.SIGKILL)
@@ -109,3 +113,59 @@ def wait_for(predicate: Callable[[], bool], timeout_s: float = 60.0, what: str =
             return
         time.sleep(0.1)
     raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
+class Producer:
+    """Pushes one producer's deltas through the replicas in turn, retrying a seq until the log acknowledges it
+    (a 503 or a lost connection means "not accepted": the same seq is sent again). Records what was acknowledged."""
+
+    def __init__(self, replicas: list[Replica], schema_hash: str, *, name: str = "trainer") -> None:
+        self.replicas = replicas
+        self.schema_hash = schema_hash
+        self.name = name
+        self.acknowledged = 0  # the highest seq answered 202/200 (queued, visible or duplicate)
+        self.refusals: list[dict[str, Any]] = []  # 503 answers seen (code, detail)
+        self._turn = 0
+
+    def push(self, seq: int, timeout_s: float = 120.0) -> None:
+        body = small_delta(self.schema_hash, seq, producer=self.name)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            replica = self.replicas[self._turn % len(self.replicas)]
+            self._turn += 1
+            if not replica.running:
+                continue
+            try:
+                with httpx.Client(base_url=replica.url, timeout=30) as client:
+                    answer = client.post(
+                        "/admin/deltas", content=body, headers={"Authorization": f"Bearer {replica.token}"}
+                    )
+            except httpx.TransportError:
+                time.sleep(0.2)
+                continue
+            if answer.status_code in (200, 202):
+                assert answer.json()["seq"] == seq
+                self.acknowledged = seq
+                return
+            assert answer.status_code == 503, answer.text
+            self.refusals.append(answer.json())
+            time.sleep(0.2)
+        raise AssertionError(f"delta {self.name}/{seq} was not acknowledged within {timeout_s:.0f} s")
+
+
+def converged(replicas: list[Replica], seq: int, *, producer: str = "trainer") -> bool:
+    """Every replica applied exactly ``seq`` deltas of ``producer`` (a gap or a replay would show)."""
+    try:
+        return all(replica.checksum()["applied_seq"].get(producer) == seq for replica in replicas)
+    except (httpx.TransportError, ValueError):
+        return False
+
+
+def assert_identical(replicas: list[Replica], seq: int, *, producer: str = "trainer") -> None:
+    sums = [replica.checksum() for replica in replicas]
+    for replica, checksum in zip(replicas, sums, strict=True):
+        assert checksum["applied_seq"] == {producer: seq}, (replica.name, checksum)
+        # each apply bumps the generation once: a delta applied twice (or one lost) would show here
+        assert checksum["generation"] == seq, (replica.name, checksum)
+    assert len({s["rows_digest"] for s in sums}) == 1, sums
+    assert len({s["log_position"] for s in sums}) == 1, sums
