@@ -25,6 +25,7 @@ from liverank.serving.writer import WriterConfig, WriterProcess
 from liverank.store import EmbeddingStore, Inbox
 
 if TYPE_CHECKING:  # replicated mode's modules need the replication extra (nats-py): imported only with --log
+    from liverank.serving.replication.bundle_log import BundleLog
     from liverank.serving.replication.link import NatsLink
     from liverank.serving.replication.publisher import LogIntake
 
@@ -55,6 +56,7 @@ class Services:
     intake: DeltaIntake | LogIntake
     started_at_ms: int
     log_link: NatsLink | None = None  # replicated mode: this process's connection to the shared log
+    bundle_log: BundleLog | None = None  # replicated mode: bundles published to and carried out from the log
 
     @classmethod
     def open(cls, settings: Settings) -> Services:
@@ -140,9 +142,12 @@ class Services:
             else _log_intake(store, log_link, metrics),
             started_at_ms=time.time_ns() // 1_000_000,
             log_link=log_link,
+            bundle_log=None if log_link is None else _bundle_log(log_link, bundles, store, metrics),
         )
         services.note_live_bundle()
         updater.start()
+        if services.bundle_log is not None:
+            services.bundle_log.start()
         log.info(
             "liverank ready to start in %.1f s: store %s, bundle %s",
             time.perf_counter() - started,
@@ -152,6 +157,8 @@ class Services:
         return services
 
     def close(self) -> None:
+        if self.bundle_log is not None:
+            self.bundle_log.stop()
         self.updater.stop()
         if self.log_link is not None:
             self.log_link.close()
@@ -218,10 +225,19 @@ class Services:
         if self.log_link is None:
             return None
         status = getattr(self.updater, "writer_status", {}).get("source")
-        return dict(status) if isinstance(status, dict) else {"state": "starting"}
+        out = dict(status) if isinstance(status, dict) else {"state": "starting"}
+        if self.bundle_log is not None:
+            out.update(self.bundle_log.status())
+        return out
 
 
 def _log_intake(store: EmbeddingStore, link: NatsLink, metrics: Metrics) -> LogIntake:
     from liverank.serving.replication.publisher import LogIntake  # noqa: PLC0415 - the replication extra
 
     return LogIntake(store, link, metrics)
+
+
+def _bundle_log(link: NatsLink, bundles: BundleManager, store: EmbeddingStore, metrics: Metrics) -> BundleLog:
+    from liverank.serving.replication.bundle_log import BundleLog  # noqa: PLC0415 - the replication extra
+
+    return BundleLog(link, bundles, store, metrics)

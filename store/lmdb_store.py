@@ -301,11 +301,14 @@ class LmdbStore:
         """The last shared-log record applied (or skipped) here; 0 before the first (or without a log)."""
         return _u64(txn.get(_META_LOG_POSITION, db=self.meta_db))
 
-    def advance_log_position(self, position: int) -> None:
-        """Mark a log record that changes no rows (a bundle record, a quarantined delta) as done."""
+    def advance_log_position(self, position: int, app_records: dict[str, Any] | None = None) -> None:
+        """Mark a log record that changes no rows (a bundle record, a quarantined delta) as done, with the app
+        records it leaves for the serving layer (e.g. the bundle to install), in one transaction."""
         self.check_usable()
         with self.env.begin(write=True) as txn:
             self._put_log_position(txn, position)
+            for name, value in (app_records or {}).items():
+                txn.put(_APP_PREFIX + name.encode(), orjson.dumps(value), db=self.meta_db)
 
     def _put_log_position(self, txn: Txn, position: int) -> None:
         if position <= self.log_position(txn):

@@ -93,7 +93,9 @@ def _live_answer(services: Services, live: LiveModel) -> Response:
 async def upload_bundle(request: Request) -> Response:
     services: Services = request.app.state.services
     body = await read_body(request, services.settings.max_bundle_bytes)
-    live = await run_in_threadpool(services.bundles.install_archive, body)
+    # replicated mode: installed here, then published for every replica (bundle_log.py)
+    install = services.bundles.install_archive if services.bundle_log is None else services.bundle_log.upload
+    live = await run_in_threadpool(install, body)
     services.metrics.bundle_swaps.labels(how="upload").inc()
     return _live_answer(services, live)
 
@@ -101,7 +103,8 @@ async def upload_bundle(request: Request) -> Response:
 @router.post("/rollback", summary="Make the previous bundle live again", responses=error_responses(409, 422))
 async def rollback(request: Request) -> Response:
     services: Services = request.app.state.services
-    live = await run_in_threadpool(services.bundles.rollback)
+    roll_back = services.bundles.rollback if services.bundle_log is None else services.bundle_log.rollback
+    live = await run_in_threadpool(roll_back)
     services.metrics.bundle_swaps.labels(how="rollback").inc()
     return _live_answer(services, live)
 

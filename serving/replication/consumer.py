@@ -35,9 +35,12 @@ from liverank.serving.replication.link import (
     HDR_RECEIVED_MS,
     HDR_SEQ,
     HDR_SHA256,
+    LOG_BUNDLE_DONE_RECORD,
+    LOG_BUNDLE_RECORD,
     LogConfig,
     NatsLink,
 )
+from liverank.serving.replication.objects import get_object
 from liverank.store import EmbeddingStore, InboxEntry
 
 log = logging.getLogger(__name__)
@@ -62,6 +65,7 @@ class LogSource:
         self._link = NatsLink(config, "writer")
         self._lock = threading.Lock()
         self._buffer: collections.deque[InboxEntry] = collections.deque()
+        self._controls: dict[int, dict[str, Any]] = {}  # bundle records in the buffer, by position
         self._next_position = store.log_position() + 1  # the next record to receive
         self._stream_last = 0
         self._stream_first = 0
@@ -86,11 +90,35 @@ class LogSource:
     # --- DeltaSource --------------------------------------------------------------------------------------------
 
     def pending(self, limit: int = 64) -> list[InboxEntry]:
+        """The buffered deltas from the head up to the next bundle record. A bundle record at the head (everything
+        before it applied) is retired here: its position recorded with the store's ``log_bundle`` record, which
+        the serving process carries out (bundle_log.py)."""
         applied = self._store.log_position()
+        if not self._bundle_record_done():
+            return []  # the serving process is still installing the last bundle record: the log waits for it
         with self._lock:
-            while self._buffer and (self._buffer[0].log_position or 0) <= applied:
-                self._buffer.popleft()  # applied (the updater recorded it)
-            return list(self._buffer)[:limit]
+            while self._buffer:
+                position = self._buffer[0].log_position or 0
+                if position <= applied:
+                    self._buffer.popleft()  # applied (the updater recorded it)
+                    self._controls.pop(position, None)
+                elif position in self._controls:
+                    self._store.lmdb.advance_log_position(position, {LOG_BUNDLE_RECORD: self._controls.pop(position)})
+                    self._buffer.popleft()
+                    return []  # nothing after it until the serving process has carried it out
+                else:
+                    break
+            out: list[InboxEntry] = []
+            for entry in self._buffer:
+                if entry.log_position in self._controls or len(out) >= limit:
+                    break
+                out.append(entry)
+            return out
+
+    def _bundle_record_done(self) -> bool:
+        record = self._store.lmdb.get_app_record(LOG_BUNDLE_RECORD)
+        done = self._store.lmdb.get_app_record(LOG_BUNDLE_DONE_RECORD) or 0
+        return not record or int(record["position"]) <= int(done)
 
     def depth(self) -> int:
         return max(0, self._stream_last - self._store.log_position())
@@ -191,15 +219,23 @@ class LogSource:
 
     async def _decode(self, msg: Msg, position: int) -> InboxEntry:
         headers = msg.headers or {}
-        if headers.get(HDR_KIND) != "delta":
+        kind = headers.get(HDR_KIND)
+        if kind in ("bundle", "rollback"):
+            self._controls[position] = {
+                "position": position,
+                "kind": kind,
+                "object": headers.get(HDR_OBJECT),
+                "sha256": headers.get(HDR_SHA256),
+            }
+            return InboxEntry(key=None, producer="", seq=0, received_at_ms=0, payload=b"", log_position=position)
+        if kind != "delta":
             # A kind this version does not know: it goes to the updater all the same, fails to decode as a delta
             # and is quarantined (logged, counted, its position retired), so the records after it go on.
             log.warning("log record %d is of an unknown kind %r", position, headers.get(HDR_KIND))
         payload = msg.data
         name = headers.get(HDR_OBJECT)
         if name:
-            store = await self._link.js.object_store(self._config.objects_bucket)
-            payload = (await store.get(name)).data or b""
+            payload = await get_object(self._link, name)
             if hashlib.sha256(payload).hexdigest() != headers.get(HDR_SHA256):
                 raise RuntimeError(f"log record {position}: object {name!r} does not match its checksum")
         return InboxEntry(

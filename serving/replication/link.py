@@ -33,6 +33,11 @@ HDR_SEQ = "Liverank-Seq"
 HDR_RECEIVED_MS = "Liverank-Received-Ms"
 HDR_OBJECT = "Liverank-Object"  # the object-store name holding a delta too large for one message
 HDR_SHA256 = "Liverank-Sha256"
+# The store's app record where the writer leaves the last bundle record it retired (bundle_log.py carries it out).
+LOG_BUNDLE_RECORD = "log_bundle"
+# ... and where the serving process notes the position of the last one it carried out. The writer reads no record
+# after a bundle record until then: a replica's deltas and bundles change in log order.
+LOG_BUNDLE_DONE_RECORD = "log_bundle_done"
 # The stream's de-duplication window: a producer's retry of a push the log already holds is dropped by its msg id.
 DUPLICATE_WINDOW_S = 120.0
 

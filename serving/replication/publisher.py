@@ -16,7 +16,7 @@ import hashlib
 import logging
 
 import nats
-from nats.js.errors import APIError, BadRequestError, NotFoundError, ObjectNotFoundError
+from nats.js.errors import APIError, BadRequestError, NotFoundError
 
 from liverank.serving.errors import LogUnavailable
 from liverank.serving.metrics import Metrics
@@ -29,6 +29,7 @@ from liverank.serving.replication.link import (
     HDR_SHA256,
     NatsLink,
 )
+from liverank.serving.replication.objects import put_object
 from liverank.store import EmbeddingStore, EnqueueResult, SequenceGap, StoreError, decode_any, encode_delta
 from liverank.store.format import SparseDelta, is_binary_delta
 
@@ -95,7 +96,8 @@ class LogIntake:
             body = binary
             if len(binary) + _HEADERS_ROOM_BYTES > self._link.nc.max_payload:
                 body = b""
-                headers[HDR_OBJECT] = await self._put_object(f"{subject}/{delta.seq}", binary)
+                headers[HDR_OBJECT] = f"{subject}/{delta.seq}"
+                await put_object(self._link, headers[HDR_OBJECT], binary)
                 headers[HDR_SHA256] = hashlib.sha256(binary).hexdigest()
             try:
                 ack = await self._link.js.publish(subject, body, timeout=self._timeout_s, headers=headers)
@@ -120,18 +122,3 @@ class LogIntake:
                 return 0, 0
             raise
         return int(msg.seq or 0), int((msg.headers or {}).get(HDR_SEQ, 0))
-
-    async def _put_object(self, name: str, data: bytes) -> str:
-        """A delta larger than one message goes to the object store (which chunks it); the record names it."""
-        js = self._link.js
-        try:
-            store = await js.object_store(self._link.config.objects_bucket)
-        except (ObjectNotFoundError, nats.js.errors.BucketNotFoundError):
-            store = await js.create_object_store(
-                self._link.config.objects_bucket,
-                config=nats.js.api.ObjectStoreConfig(
-                    ttl=self._link.config.max_age_s, replicas=self._link.config.replicas
-                ),
-            )
-        await store.put(name, data)
-        return name

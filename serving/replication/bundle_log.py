@@ -1,0 +1,139 @@
+"""Dense bundles in replicated mode: the archive goes to the JetStream object store, a record on the stream says
+"bundle published" (or "rollback"), and every replica fetches, verifies, warms and swaps it in stream order.
+
+The replica that takes an upload installs it first (the usual checks: archive, manifest, checksums, warm-up), so a
+bad bundle is refused with the usual 4xx and never published; then it stores the archive and appends the record.
+Each replica's writer retires bundle records in log order into the store's ``log_bundle`` record (with the log
+position); ``BundleSync`` in the serving process sees it, fetches the archive by its SHA-256 name, checks the digest,
+and installs it with ``BundleManager`` like an upload. A rollback record makes each replica roll back its own
+history, which holds the same bundles in the same order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from typing import Any
+
+import nats
+
+from liverank.serving.bundles import BundleManager
+from liverank.serving.errors import LogUnavailable
+from liverank.serving.metrics import Metrics
+from liverank.serving.model_slot import LiveModel
+from liverank.serving.replication.link import (
+    HDR_KIND,
+    HDR_OBJECT,
+    HDR_SHA256,
+    LOG_BUNDLE_DONE_RECORD,
+    LOG_BUNDLE_RECORD,
+    NatsLink,
+)
+from liverank.serving.replication.objects import get_object, put_object
+from liverank.store import EmbeddingStore
+
+log = logging.getLogger(__name__)
+
+_POLL_S = 0.2
+
+
+class BundleLog:
+    """Publishes uploads and rollbacks to the log, and carries out the records (a thread of the serving process)."""
+
+    def __init__(self, link: NatsLink, bundles: BundleManager, store: EmbeddingStore, metrics: Metrics) -> None:
+        self._link = link
+        self._bundles = bundles
+        self._store = store
+        self._metrics = metrics
+        self._lock = threading.Lock()  # an upload (install + publish + mark done) and the sync never interleave
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="liverank-bundle-sync", daemon=True)
+        self.last_error: str | None = None
+
+    @property
+    def subject(self) -> str:
+        return f"{self._link.config.stream}.bundle"
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10.0)
+
+    # --- the replica that takes the request ---------------------------------------------------------------------
+
+    def upload(self, archive: bytes) -> LiveModel:
+        with self._lock:
+            live = self._bundles.install_archive(archive)  # refused here (4xx) means nothing was published
+            digest = hashlib.sha256(archive).hexdigest()
+            try:
+                name = f"bundles/{digest}"
+                self._link.run(put_object(self._link, name, archive), self._link.config.timeout_s * 6)
+                position = self._publish({HDR_KIND: "bundle", HDR_OBJECT: name, HDR_SHA256: digest})
+            except LogUnavailable:
+                self._bundles.rollback()  # not in the log: this replica must not serve it alone
+                raise
+            self._mark_done(position)
+            return live
+
+    def rollback(self) -> LiveModel:
+        with self._lock:
+            live = self._bundles.rollback()
+            position = self._publish({HDR_KIND: "rollback"})
+            self._mark_done(position)
+            return live
+
+    def _publish(self, headers: dict[str, str]) -> int:
+        try:
+            ack = self._link.run(
+                self._link.js.publish(self.subject, b"", timeout=self._link.config.timeout_s, headers=headers),
+                self._link.config.timeout_s * 3,
+            )
+        except (TimeoutError, nats.errors.Error, OSError) as exc:
+            raise LogUnavailable(f"the log did not acknowledge the bundle record ({type(exc).__name__})") from exc
+        return int(ack.seq)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "bundle_record_done": int(self._store.lmdb.get_app_record(LOG_BUNDLE_DONE_RECORD) or 0),
+            "bundle_sync_error": self.last_error,
+        }
+
+    def _mark_done(self, position: int) -> None:
+        self._store.lmdb.put_app_record(LOG_BUNDLE_DONE_RECORD, position)
+
+    # --- every replica ------------------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while not self._stop.wait(_POLL_S):
+            try:
+                self.sync()
+                self.last_error = None
+            except Exception as exc:
+                self.last_error = repr(exc)
+                log.exception("carrying out a bundle record failed; retrying")
+                self._stop.wait(1.0)
+
+    def sync(self) -> bool:
+        """Carry out the newest bundle record the writer retired, if this replica has not yet. True if it did."""
+        record: dict[str, Any] | None = self._store.lmdb.get_app_record(LOG_BUNDLE_RECORD)
+        if not record:
+            return False
+        with self._lock:
+            done = int(self._store.lmdb.get_app_record(LOG_BUNDLE_DONE_RECORD) or 0)
+            if record["position"] <= done:
+                return False
+            if record["kind"] == "bundle":
+                archive = self._link.run(get_object(self._link, record["object"]), self._link.config.timeout_s * 6)
+                if hashlib.sha256(archive).hexdigest() != record["sha256"]:
+                    raise ValueError(f"bundle object {record['object']} does not match its SHA-256")
+                self._bundles.install_archive(archive)
+                self._metrics.bundle_swaps.labels(how="log").inc()
+            elif record["kind"] == "rollback":
+                self._bundles.rollback()
+                self._metrics.bundle_swaps.labels(how="log_rollback").inc()
+            self._mark_done(int(record["position"]))
+            log.info("carried out log record %s (%s)", record["position"], record["kind"])
+            return True
