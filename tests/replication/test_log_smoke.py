@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
+
 from liverank.serving.replication.local_nats import NatsCluster
-from tests.replication.conftest import Replica, schema_of, small_delta, wait_for
+from liverank.store import SlotDelta, SparseDelta, encode_delta
+from tests.replication.conftest import DIM, Replica, schema_of, small_delta, wait_for
 
 
 def test_a_push_through_one_replica_is_applied_by_every_replica(
@@ -29,3 +32,26 @@ def test_a_push_through_one_replica_is_applied_by_every_replica(
     wait_for(lambda: a.checksum()["log_position"] == b.checksum()["log_position"] == 2, what="both at position 2")
     assert a.checksum()["rows_digest"] == b.checksum()["rows_digest"]
     assert a.status()["log"]["lag_records"] == 0
+
+
+def test_a_delta_larger_than_a_log_message_applies_whole_everywhere(
+    nats_single: NatsCluster, replicas: Callable[..., Replica]
+) -> None:
+    a = replicas("a", nats_single.urls)
+    b = replicas("b", nats_single.urls)
+    schema = schema_of(a)
+    ids = np.arange(1, 60_001, dtype=np.uint64)
+    values = np.random.default_rng(3).standard_normal((len(ids), DIM)).astype(np.float32)
+    big = encode_delta(
+        SparseDelta("trainer", 1, schema, 1, {"item_id": SlotDelta(ids, values, np.ones(len(ids), np.int64))})
+    )
+    assert len(big) > 1024 * 1024  # NATS's default max message size
+    with a.client() as client:
+        answer = client.post("/admin/deltas?wait=visible", content=big)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["status"] == "visible"
+    wait_for(lambda: b.checksum()["applied_seq"] == {"trainer": 1}, what="b applied the big delta")
+    sums = [a.checksum(), b.checksum()]
+    assert sums[0]["rows_digest"] == sums[1]["rows_digest"]
+    assert sums[0]["rows"] == sums[1]["rows"] == len(ids)
+    assert sums[0]["generation"] == sums[1]["generation"] == 1  # one transaction
