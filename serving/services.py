@@ -6,9 +6,10 @@ start-up bundle), updater (drains what the inbox still holds). Closing runs in r
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from liverank.serving.bundles import BundleManager
@@ -24,10 +25,9 @@ from liverank.serving.updater import Updater
 from liverank.serving.writer import WriterConfig, WriterProcess
 from liverank.store import EmbeddingStore, Inbox
 
-if TYPE_CHECKING:  # replicated mode's modules need the replication extra (nats-py): imported only with --log
-    from liverank.serving.replication.bundle_log import BundleLog
-    from liverank.serving.replication.link import NatsLink
+if TYPE_CHECKING:  # replicated mode needs the replication extra (nats-py): imported only with --log
     from liverank.serving.replication.publisher import LogIntake
+    from liverank.serving.replication.replica import Replication
 
 log = logging.getLogger(__name__)
 
@@ -55,27 +55,37 @@ class Services:
     updater: Updater | Follower
     intake: DeltaIntake | LogIntake
     started_at_ms: int
-    log_link: NatsLink | None = None  # replicated mode: this process's connection to the shared log
-    bundle_log: BundleLog | None = None  # replicated mode: bundles published to and carried out from the log
+    replication: Replication | None = None  # replicated mode (--log): the shared log's parts in this process
 
     @classmethod
     def open(cls, settings: Settings) -> Services:
         check_settings(settings)
         started = time.perf_counter()
-        store = EmbeddingStore.open(
+        open_store = functools.partial(
+            EmbeddingStore.open,
             settings.store_path,
             map_size_bytes=settings.map_size_bytes,
             durability=settings.durability,
             ram_budget_rows=settings.ram_budget_rows,
         )
+        replication = _connect_replication(settings)
         try:
-            return cls._assemble(settings, store, started)
+            # replicated mode: a new replica, or one behind what the log still holds, restores a snapshot first
+            store = open_store() if replication is None else replication.open_store(open_store)
+            try:
+                return cls._assemble(settings, store, started, replication)
+            except BaseException:
+                store.close()
+                raise
         except BaseException:
-            store.close()
+            if replication is not None:
+                replication.close()
             raise
 
     @classmethod
-    def _assemble(cls, settings: Settings, store: EmbeddingStore, started: float) -> Services:
+    def _assemble(
+        cls, settings: Settings, store: EmbeddingStore, started: float, replication: Replication | None
+    ) -> Services:
         metrics = Metrics()
         model_slot = ModelSlot()
         bundles = BundleManager(
@@ -91,16 +101,6 @@ class Services:
             live = bundles.install_dir(settings.bundle)
             metrics.bundle_swaps.labels(how="startup").inc()
         inbox = Inbox(store.lmdb, settings.inbox_max_depth)
-        log_config = None
-        log_link: NatsLink | None = None
-        if settings.log is not None:
-            from liverank.serving.replication.link import NatsLink, log_config_from  # noqa: PLC0415
-
-            log_config = log_config_from(settings)
-            if settings.writer != "process":
-                raise ConfigInvalid("replicated mode (--log) needs the writer process (LIVERANK_WRITER=process)")
-            log_link = NatsLink(log_config, "server").start()
-            log_link.ensure_stream()
         updater: Updater | Follower
         if settings.writer == "process":
             store.follow_inline = False  # the follower thread catches up; ranking requests never pay for it
@@ -114,7 +114,7 @@ class Services:
                     flush_interval_s=settings.flush_interval_s,
                     sweep_interval_s=settings.sweep_interval_s,
                     log_level=logging.getLogger().getEffectiveLevel(),
-                    log=None if log_config is None else asdict(log_config),
+                    log=None if replication is None else replication.writer_config(),
                 )
             )
             updater = Follower(store, writer, metrics, poll_s=settings.updater_poll_s)
@@ -127,6 +127,8 @@ class Services:
                 flush_interval_s=settings.flush_interval_s,
                 sweep_interval_s=settings.sweep_interval_s,
             )
+        if replication is not None:
+            replication.attach(store, bundles, metrics)
         limits = Limits(settings.max_candidates, settings.max_list_ids, settings.max_k)
         services = cls(
             settings=settings,
@@ -137,17 +139,14 @@ class Services:
             bundles=bundles,
             ranker=Ranker(store, model_slot, limits),
             updater=updater,
-            intake=DeltaIntake(store, inbox, updater, metrics)
-            if log_link is None
-            else _log_intake(store, log_link, metrics),
+            intake=DeltaIntake(store, inbox, updater, metrics) if replication is None else replication.log_intake(),
             started_at_ms=time.time_ns() // 1_000_000,
-            log_link=log_link,
-            bundle_log=None if log_link is None else _bundle_log(log_link, bundles, store, metrics),
+            replication=replication,
         )
         services.note_live_bundle()
         updater.start()
-        if services.bundle_log is not None:
-            services.bundle_log.start()
+        if replication is not None:
+            replication.start()
         log.info(
             "liverank ready to start in %.1f s: store %s, bundle %s",
             time.perf_counter() - started,
@@ -157,11 +156,9 @@ class Services:
         return services
 
     def close(self) -> None:
-        if self.bundle_log is not None:
-            self.bundle_log.stop()
+        if self.replication is not None:
+            self.replication.close()
         self.updater.stop()
-        if self.log_link is not None:
-            self.log_link.close()
         self.store.close()
 
     def note_live_bundle(self) -> None:
@@ -214,30 +211,22 @@ class Services:
             if log_status.get("state") != "following":
                 return False, f"the shared log is {log_status.get('state', 'not read yet')}"
             if log_status["lag_records"] > self.settings.log_max_lag_records:
-                return (
-                    False,
-                    f"{log_status['lag_records']} log records behind (ready at {self.settings.log_max_lag_records})",
-                )
+                lag, limit = log_status["lag_records"], self.settings.log_max_lag_records
+                return False, f"{lag} log records behind (ready within {limit})"
         return True, "ready"
 
     def log_status(self) -> dict[str, Any] | None:
-        """Replicated mode: the writer's reading of the shared log (position applied, lag, state); else None."""
-        if self.log_link is None:
+        """Replicated mode: this replica's reading of the log (applied position, lag, state); None otherwise."""
+        if self.replication is None:
             return None
-        status = getattr(self.updater, "writer_status", {}).get("source")
-        out = dict(status) if isinstance(status, dict) else {"state": "starting"}
-        if self.bundle_log is not None:
-            out.update(self.bundle_log.status())
-        return out
+        return self.replication.status(getattr(self.updater, "writer_status", {}))
 
 
-def _log_intake(store: EmbeddingStore, link: NatsLink, metrics: Metrics) -> LogIntake:
-    from liverank.serving.replication.publisher import LogIntake  # noqa: PLC0415 - the replication extra
+def _connect_replication(settings: Settings) -> Replication | None:
+    if settings.log is None:
+        return None
+    if settings.writer != "process":
+        raise ConfigInvalid("replicated mode (--log) needs the writer process (LIVERANK_WRITER=process)")
+    from liverank.serving.replication.replica import Replication  # noqa: PLC0415 - the replication extra
 
-    return LogIntake(store, link, metrics)
-
-
-def _bundle_log(link: NatsLink, bundles: BundleManager, store: EmbeddingStore, metrics: Metrics) -> BundleLog:
-    from liverank.serving.replication.bundle_log import BundleLog  # noqa: PLC0415 - the replication extra
-
-    return BundleLog(link, bundles, store, metrics)
+    return Replication.connect(settings)

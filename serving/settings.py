@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     log_max_lag_records: int = Field(
         100, ge=0, description="a replica reports ready only once it is at most this many log records behind"
     )
+    snapshot_interval_s: float = Field(
+        3600.0, ge=0, description="how often a replica publishes a snapshot of its store for bootstrapping (0: never)"
+    )
     log_timeout_s: float = Field(5.0, gt=0, description="how long a push waits for the log's acknowledgement")
     nats_user: str | None = None
     nats_password: SecretStr | None = None

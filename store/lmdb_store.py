@@ -315,6 +315,31 @@ class LmdbStore:
             raise ValueError(f"log position {position} is not after {self.log_position(txn)}: records apply in order")
         txn.put(_META_LOG_POSITION, _U64.pack(position), db=self.meta_db)
 
+    def snapshot_to(self, directory: str | os.PathLike[str]) -> dict[str, Any]:
+        """Copy the environment into ``directory`` (new or empty) without stopping writers: LMDB copies the MVCC
+        snapshot of one read transaction (compacted). Returns what that snapshot holds: every producer's applied
+        seq, the log position and the generation, read in the same transaction."""
+        self.check_usable()
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        with self.env.begin() as txn:
+            tags = {
+                "applied_seq": self.applied_seqs(txn),
+                "log_position": self.log_position(txn),
+                "generation": self.generation(txn),
+            }
+            self.env.copy(str(directory), compact=True, txn=txn)
+        return tags
+
+    def drop_app_records(self, names: list[str], keep: dict[str, Any] | None = None) -> None:
+        """Remove app records (and set ``keep``'s), in one transaction: e.g. a machine's own records from a store
+        restored from another machine's snapshot."""
+        self.check_usable()
+        with self.env.begin(write=True) as txn:
+            for name in names:
+                txn.delete(_APP_PREFIX + name.encode(), db=self.meta_db)
+            for name, value in (keep or {}).items():
+                txn.put(_APP_PREFIX + name.encode(), orjson.dumps(value), db=self.meta_db)
+
     def row_counts(self, txn: Txn) -> dict[str, int]:
         cursor = txn.cursor(db=self.meta_db)
         out: dict[str, int] = {}

@@ -94,7 +94,8 @@ async def upload_bundle(request: Request) -> Response:
     services: Services = request.app.state.services
     body = await read_body(request, services.settings.max_bundle_bytes)
     # replicated mode: installed here, then published for every replica (bundle_log.py)
-    install = services.bundles.install_archive if services.bundle_log is None else services.bundle_log.upload
+    bundle_log = services.replication and services.replication.bundle_log
+    install = bundle_log.upload if bundle_log else services.bundles.install_archive
     live = await run_in_threadpool(install, body)
     services.metrics.bundle_swaps.labels(how="upload").inc()
     return _live_answer(services, live)
@@ -103,7 +104,8 @@ async def upload_bundle(request: Request) -> Response:
 @router.post("/rollback", summary="Make the previous bundle live again", responses=error_responses(409, 422))
 async def rollback(request: Request) -> Response:
     services: Services = request.app.state.services
-    roll_back = services.bundles.rollback if services.bundle_log is None else services.bundle_log.rollback
+    bundle_log = services.replication and services.replication.bundle_log
+    roll_back = bundle_log.rollback if bundle_log else services.bundles.rollback
     live = await run_in_threadpool(roll_back)
     services.metrics.bundle_swaps.labels(how="rollback").inc()
     return _live_answer(services, live)

@@ -31,6 +31,7 @@ from liverank.serving.replication.link import (
     NatsLink,
 )
 from liverank.serving.replication.objects import get_object, put_object
+from liverank.serving.replication.snapshots import BUNDLE_OBJECTS_RECORD
 from liverank.store import EmbeddingStore
 
 log = logging.getLogger(__name__)
@@ -70,12 +71,16 @@ class BundleLog:
             digest = hashlib.sha256(archive).hexdigest()
             try:
                 name = f"bundles/{digest}"
-                self._link.run(put_object(self._link, name, archive), self._link.config.timeout_s * 6)
+                self._link.run(
+                    put_object(self._link, self._link.config.state_bucket, name, archive),
+                    self._link.config.timeout_s * 6,
+                )
                 position = self._publish({HDR_KIND: "bundle", HDR_OBJECT: name, HDR_SHA256: digest})
             except LogUnavailable:
                 self._bundles.rollback()  # not in the log: this replica must not serve it alone
                 raise
             self._mark_done(position)
+            self._note_object(live.bundle_id, name)
             return live
 
     def rollback(self) -> LiveModel:
@@ -100,6 +105,12 @@ class BundleLog:
             "bundle_record_done": int(self._store.lmdb.get_app_record(LOG_BUNDLE_DONE_RECORD) or 0),
             "bundle_sync_error": self.last_error,
         }
+
+    def _note_object(self, bundle_id: str, name: str) -> None:
+        """Remember where this bundle is in the state bucket (a snapshot names the live one for its restorers)."""
+        objects = dict(self._store.lmdb.get_app_record(BUNDLE_OBJECTS_RECORD) or {})
+        objects[bundle_id] = name
+        self._store.lmdb.put_app_record(BUNDLE_OBJECTS_RECORD, objects)
 
     def _mark_done(self, position: int) -> None:
         self._store.lmdb.put_app_record(LOG_BUNDLE_DONE_RECORD, position)
@@ -126,10 +137,14 @@ class BundleLog:
             if record["position"] <= done:
                 return False
             if record["kind"] == "bundle":
-                archive = self._link.run(get_object(self._link, record["object"]), self._link.config.timeout_s * 6)
+                archive = self._link.run(
+                    get_object(self._link, self._link.config.state_bucket, record["object"]),
+                    self._link.config.timeout_s * 6,
+                )
                 if hashlib.sha256(archive).hexdigest() != record["sha256"]:
                     raise ValueError(f"bundle object {record['object']} does not match its SHA-256")
-                self._bundles.install_archive(archive)
+                live = self._bundles.install_archive(archive)
+                self._note_object(live.bundle_id, record["object"])
                 self._metrics.bundle_swaps.labels(how="log").inc()
             elif record["kind"] == "rollback":
                 self._bundles.rollback()

@@ -83,9 +83,7 @@ class LogSource:
 
     def stop(self) -> None:
         self._stopping = True
-        if self._task is not None:
-            self._task.cancel()
-        self._link.close()
+        self._link.close()  # ends the reading task too
 
     # --- DeltaSource --------------------------------------------------------------------------------------------
 
@@ -235,7 +233,7 @@ class LogSource:
         payload = msg.data
         name = headers.get(HDR_OBJECT)
         if name:
-            payload = await get_object(self._link, name)
+            payload = await get_object(self._link, self._config.deltas_bucket, name)
             if hashlib.sha256(payload).hexdigest() != headers.get(HDR_SHA256):
                 raise RuntimeError(f"log record {position}: object {name!r} does not match its checksum")
         return InboxEntry(

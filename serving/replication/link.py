@@ -65,8 +65,14 @@ class LogConfig:
         return f"{self.stream}.>"
 
     @property
-    def objects_bucket(self) -> str:
-        return f"{self.stream}-objects"
+    def deltas_bucket(self) -> str:
+        """Deltas too large for one message: needed only as long as their record is in the stream."""
+        return f"{self.stream}-deltas"
+
+    @property
+    def state_bucket(self) -> str:
+        """Bundles and snapshots: kept until replaced (bootstrapping replicas need them after the records age out)."""
+        return f"{self.stream}-state"
 
     def delta_subject(self, producer: str) -> str:
         """One subject per producer (hex of its UTF-8 name: any name is a valid subject token), so the last record
@@ -82,7 +88,7 @@ class LogConfig:
             max_bytes=self.max_bytes if self.max_bytes is not None else -1,
             storage=StorageType.FILE,
             discard=DiscardPolicy.OLD,
-            duplicate_window=DUPLICATE_WINDOW_S,
+            duplicate_window=min(DUPLICATE_WINDOW_S, self.max_age_s),
             allow_direct=True,
         )
 
@@ -175,14 +181,22 @@ class NatsLink:
 
     def close(self) -> None:
         if self._thread.is_alive():
-            if self._nc is not None and not self._nc.is_closed:
-                try:
-                    self.run(self._nc.close(), 5.0)
-                except Exception:  # closing a broken connection: nothing more to do
-                    log.debug("closing the nats connection failed", exc_info=True)
+            try:
+                self.run(self._shutdown(), 10.0)
+            except Exception:  # closing a broken connection: nothing more to do
+                log.debug("closing the nats connection failed", exc_info=True)
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(5.0)
         self._loop.close()
+
+    async def _shutdown(self) -> None:
+        """Close the connection, then end every task still on the loop (readers, the client's own timers)."""
+        if self._nc is not None and not self._nc.is_closed:
+            await self._nc.close()
+        tasks = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def log_config_from(settings: Settings) -> LogConfig:

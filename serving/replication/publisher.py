@@ -97,7 +97,7 @@ class LogIntake:
             if len(binary) + _HEADERS_ROOM_BYTES > self._link.nc.max_payload:
                 body = b""
                 headers[HDR_OBJECT] = f"{subject}/{delta.seq}"
-                await put_object(self._link, headers[HDR_OBJECT], binary)
+                await put_object(self._link, self._link.config.deltas_bucket, headers[HDR_OBJECT], binary)
                 headers[HDR_SHA256] = hashlib.sha256(binary).hexdigest()
             try:
                 ack = await self._link.js.publish(subject, body, timeout=self._timeout_s, headers=headers)
