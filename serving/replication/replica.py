@@ -30,6 +30,7 @@ class Replication:
         self.bundle_log: BundleLog | None = None
         self.snapshots: SnapshotPublisher | None = None
         self._store: EmbeddingStore | None = None
+        self.bootstrapped_from: dict[str, Any] | None = None  # the snapshot's tags, if this start restored one
 
     @classmethod
     def connect(cls, settings: Settings) -> Replication:
@@ -44,7 +45,8 @@ class Replication:
         return replication
 
     def open_store(self, open_store: Callable[[], EmbeddingStore]) -> EmbeddingStore:
-        return open_replica_store(open_store, self.link)
+        store, self.bootstrapped_from = open_replica_store(open_store, self.link)
+        return store
 
     def writer_config(self) -> dict[str, Any]:
         """The ``LogConfig`` for the writer process, as plain values."""
@@ -85,4 +87,5 @@ class Replication:
             out.update(self.bundle_log.status())
         if self.snapshots is not None:
             out.update(self.snapshots.status())
+        out["bootstrapped_from_position"] = (self.bootstrapped_from or {}).get("log_position")
         return out

@@ -135,9 +135,11 @@ def _stream_bounds(link: NatsLink) -> tuple[int, int]:
     return int(info.state.first_seq), int(info.state.last_seq)
 
 
-def open_replica_store(open_store: Callable[[], EmbeddingStore], link: NatsLink) -> EmbeddingStore:
+def open_replica_store(
+    open_store: Callable[[], EmbeddingStore], link: NatsLink
+) -> tuple[EmbeddingStore, dict[str, Any] | None]:
     """Open this replica's store, first restoring the newest snapshot if the store cannot follow the stream on from
-    where it is (new, or behind what the stream still holds)."""
+    where it is (new, or behind what the stream still holds). Returns the store and the restored snapshot's tags."""
     store = open_store()
     try:
         position = store.log_position()
@@ -145,7 +147,7 @@ def open_replica_store(open_store: Callable[[], EmbeddingStore], link: NatsLink)
         behind = first > position + 1
         new = position == 0 and last > 0
         if not (behind or new):
-            return store
+            return store, None
         candidates = [p for p in _published_positions(link) if p + 1 >= first and p > position]
         if not candidates:
             if behind:
@@ -154,7 +156,7 @@ def open_replica_store(open_store: Callable[[], EmbeddingStore], link: NatsLink)
                     first,
                     position + 1,
                 )
-            return store
+            return store, None
         chosen = max(candidates)
         path = store.lmdb.path
     except BaseException:
@@ -165,7 +167,7 @@ def open_replica_store(open_store: Callable[[], EmbeddingStore], link: NatsLink)
     store = open_store()
     _forget_other_machine(store, tags)
     log.info("bootstrapped from the snapshot at log position %d; replaying the log from there", chosen)
-    return store
+    return store, tags
 
 
 def _restore(link: NatsLink, position: int, path: Path) -> dict[str, Any]:
