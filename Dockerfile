@@ -8,8 +8,8 @@ COPY serving ./serving
 COPY exporter ./exporter
 COPY trainer ./trainer
 COPY loadtest ./loadtest
+# liverank/ holds symlinks to the folders above; liverank/benchmarks is left dangling on purpose (not in the wheel).
 COPY liverank ./liverank
-COPY benchmarks ./benchmarks
 RUN pip wheel --no-cache-dir --wheel-dir /wheels -c constraints.txt .
 
 FROM python:3.11-slim-bookworm
@@ -17,7 +17,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     LIVERANK_HOST=0.0.0.0 \
     LIVERANK_PORT=8000 \
-    LIVERANK_STORE_PATH=/data/store
+    LIVERANK_DATA_DIR=/data
 COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir --no-index --find-links=/wheels liverank==0.1.0 \
     && rm -rf /wheels \

@@ -1,4 +1,7 @@
-"""``liverank export``: build a synthetic bundle, or pack a bundle directory into a tar.gz archive.
+"""``liverank export``: build a synthetic bundle, write example inputs for a bundle, or pack a bundle into a tar.gz.
+
+``synthetic`` also writes ``<out>/examples/request.json`` (a ranking request) and ``delta.json`` (a JSON delta for the
+bundle's schema), the files the README's quick start sends; ``examples`` writes the same for any bundle.
 
 Exit codes: 0 done, 1 the work failed (e.g. an invalid manifest), 2 bad arguments.
 """
@@ -11,8 +14,9 @@ from pathlib import Path
 from typing import NoReturn
 
 from liverank.exporter.archive import archive_bundle
+from liverank.exporter.examples import write_examples
 from liverank.exporter.synthetic import PRESETS, build_synthetic_bundle
-from liverank.store.errors import StoreError
+from liverank.store.manifest import MANIFEST_FILE, manifest_from_json
 from liverank.store.slots import MAX_DIM
 
 
@@ -54,6 +58,9 @@ def _parser() -> _Parser:
     synthetic.add_argument("--dim", type=_dim, default=32, help="embedding dim of every slot (default 32)")
     synthetic.add_argument("--version", default="1", help="dense version recorded in the manifest")
     synthetic.add_argument("--seed", type=_seed, default=0, help="weight seed (default 0)")
+    examples = commands.add_parser("examples", help="write an example request and delta for a bundle")
+    examples.add_argument("--bundle", required=True, type=Path, help="bundle directory (reads its manifest.json)")
+    examples.add_argument("--out", type=Path, help="directory to write into (default <bundle>/examples)")
     archive = commands.add_parser("archive", help="pack a bundle directory into a tar.gz")
     archive.add_argument("--bundle", required=True, type=Path, help="bundle directory to pack")
     archive.add_argument("--out", required=True, type=Path, help="archive file to write (.tar.gz)")
@@ -64,7 +71,7 @@ def main(argv: list[str]) -> int:
     parser = _parser()
     try:
         args = parser.parse_args(argv)
-        if args.command == "archive" and not args.bundle.is_dir():
+        if args.command in ("archive", "examples") and not args.bundle.is_dir():
             parser.error(f"--bundle {args.bundle} is not a directory")
         if args.command == "synthetic" and not args.version:
             parser.error("--version must not be empty")
@@ -83,11 +90,20 @@ def main(argv: list[str]) -> int:
                 f"user_width {manifest.user_width} candidate_width {manifest.candidate_width} "
                 f"schema_hash {manifest.schema_hash}"
             )
+            _print_written(write_examples(manifest, args.out / "examples"))
+        elif args.command == "examples":
+            manifest = manifest_from_json((args.bundle / MANIFEST_FILE).read_bytes())
+            _print_written(write_examples(manifest, args.out or args.bundle / "examples"))
         else:
             payload = archive_bundle(args.bundle)
             args.out.write_bytes(payload)
             print(f"wrote {args.out}: {len(payload)} bytes")
-    except (StoreError, OSError, ValueError) as exc:
+    except (OSError, ValueError) as exc:
         print(f"liverank export {args.command}: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _print_written(paths: list[Path]) -> None:
+    for path in paths:
+        print(f"wrote {path}")

@@ -19,6 +19,7 @@ import onnx
 import torch
 from onnx.reference import ReferenceEvaluator
 
+from liverank.errors import LiverankError
 from liverank.exporter.archive import write_bundle
 from liverank.store.manifest import Manifest
 
@@ -28,8 +29,10 @@ OPSET = 17
 DEFAULT_TOLERANCE = 1e-4
 
 
-class ExportParityError(Exception):
+class ExportParityError(LiverankError):
     """The exported graph does not compute what the PyTorch tower computes."""
+
+    code = "export_parity"
 
     def __init__(self, max_abs_diff: float, tolerance: float, head: str) -> None:
         super().__init__(

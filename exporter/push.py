@@ -18,14 +18,17 @@ from typing import Any
 
 import httpx
 
+from liverank.errors import LiverankError
 from liverank.exporter.archive import archive_bundle
 from liverank.store.format import SparseDelta, encode_delta
 
 log = logging.getLogger(__name__)
 
 
-class PushError(Exception):
+class PushError(LiverankError):
     """Base of the push client's errors."""
+
+    code = "push_failed"
 
 
 class DeltaRejected(PushError):
@@ -45,6 +48,8 @@ class BundleRejected(PushError):
 class GapUnrecoverable(PushError):
     """The server expects a sequence this client no longer holds; send a full snapshot from ``expected``."""
 
+    code = "gap_unrecoverable"
+
     def __init__(self, producer: str, expected: int) -> None:
         super().__init__(f"server expects {producer!r} sequence {expected}, which is no longer in the resend window")
         self.producer, self.expected = producer, expected
@@ -52,6 +57,8 @@ class GapUnrecoverable(PushError):
 
 class ServerUnavailable(PushError):
     """Retries ran out."""
+
+    code = "server_unavailable"
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-from liverank.exporter.push import PushClient, PushError
-from liverank.store.errors import StoreError
+from liverank.exporter.push import PushClient
 from liverank.store.format import decode_any
 
 
@@ -45,7 +44,7 @@ def main(argv: list[str]) -> int:
                 payload = args.path.read_bytes() if args.path.is_file() else args.path
                 answer = client.push_bundle(payload)
                 print(f"{args.path}: live as {answer['bundle_id']} (version {answer['version']})")
-    except (PushError, StoreError, OSError) as exc:
+    except OSError as exc:
         print(f"liverank push: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -2,13 +2,16 @@
 
 Each subcommand lives in its own package and is imported only when it runs (by name, through importlib), so
 ``liverank serve`` never loads torch and ``liverank export`` never loads the serving stack. A subcommand module
-exposes ``main(argv: list[str]) -> int``.
+exposes ``main(argv: list[str]) -> int`` and lets the ``LiverankError`` it cannot recover from propagate: the
+dispatcher prints it as one line on stderr and exits non-zero.
 """
 
 from __future__ import annotations
 
 import importlib
 import sys
+
+from liverank.errors import LiverankError
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("liverank.serving.cli", "run the ranking server"),
@@ -23,6 +26,11 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "replay a data set in time order through live servers (Monolith's sync experiment)",
     ),
 }
+
+
+# Exit codes by error code, as serving/api maps codes to HTTP statuses: 2 for what the user must change in how the
+# command is called, 1 for every other refusal or failure.
+EXIT_CODE_BY_CODE: dict[str, int] = {"invalid_config": 2}
 
 
 def usage() -> str:
@@ -47,7 +55,11 @@ def main(argv: list[str] | None = None) -> int:
     except ModuleNotFoundError as exc:
         print(f"liverank {name}: not available in this install ({exc.name} is missing)", file=sys.stderr)
         return 2
-    code: int = module.main(rest)
+    try:
+        code: int = module.main(rest)
+    except LiverankError as exc:  # every subcommand's refusals end here: one line, no traceback
+        print(f"liverank {name}: {exc.message}", file=sys.stderr)
+        return EXIT_CODE_BY_CODE.get(exc.code, 1)
     return code
 
 

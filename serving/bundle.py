@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from liverank.serving.errors import BundleArchiveUnsafe, BundleInvalid, BundleTooLarge
-from liverank.store.errors import ManifestInvalid
+from liverank.store import ManifestInvalid
 from liverank.store.manifest import BUNDLE_FILES, MANIFEST_FILE, ONNX_FILE, Manifest, manifest_from_json
 
 logger = logging.getLogger(__name__)

@@ -2,13 +2,14 @@
 
 Settings come from ``LIVERANK_*`` environment variables; flags override them. The store and the live bundle are
 opened before the HTTP server starts, so a bad store directory or a broken bundle ends the command with one
-clear line and a non-zero exit code instead of a traceback.
+clear line and a non-zero exit code instead of a traceback (the ``liverank`` dispatcher prints the ``LiverankError``).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -16,10 +17,9 @@ import uvicorn
 from pydantic import ValidationError
 
 from liverank.serving.api.app import create_app
-from liverank.serving.errors import ServingError
+from liverank.serving.errors import ConfigInvalid
 from liverank.serving.services import Services, check_settings
-from liverank.serving.settings import Settings
-from liverank.store import StoreError
+from liverank.serving.settings import ENV_PREFIX, Settings, unknown_variables
 
 log = logging.getLogger("liverank.serve")
 
@@ -49,6 +49,12 @@ def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     overrides = {key: value for key, value in vars(args).items() if key != "log_level" and value is not None}
+    unknown = unknown_variables(os.environ)
+    if unknown:  # pydantic-settings would ignore them: a mistyped setting must not pass silently
+        raise ConfigInvalid(
+            f"unknown {ENV_PREFIX}* environment variables: {', '.join(unknown)} (not settings: see the configuration "
+            f"table in README.md)"
+        )
     try:
         settings = Settings(**overrides)
         check_settings(settings)
@@ -56,9 +62,6 @@ def main(argv: list[str]) -> int:
     except ValidationError as exc:
         print(f"liverank serve: invalid settings: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}", file=sys.stderr)
         return 2
-    except (StoreError, ServingError) as exc:
-        print(f"liverank serve: cannot start: {exc.message}", file=sys.stderr)
-        return 2 if exc.code == "invalid_config" else 1
     except OSError as exc:
         print(f"liverank serve: cannot start: {exc}", file=sys.stderr)
         return 1

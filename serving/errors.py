@@ -6,15 +6,13 @@ input. No HTTP status lives here: ``serving/api/`` owns the map from codes to st
 
 from __future__ import annotations
 
+from liverank.errors import LiverankError
 
-class ServingError(Exception):
+
+class ServingError(LiverankError):
     """Base of every error the serving core raises on purpose."""
 
     code = "serving_error"
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
 
 
 # --- model bundles: nothing was loaded, the live model is untouched ---------------------------------------

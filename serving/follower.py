@@ -1,4 +1,4 @@
-"""The follower: the serving process's side of the writer process.
+"""The follower: the serving process's side of the writer process. It follows; it never writes a delta.
 
 A thread that brings the RAM tier up to what the writer committed (``EmbeddingStore.catch_up``), measures
 push-to-visible as the time from a delta's receipt to this process serving it, wakes ``?wait=visible`` waiters,
@@ -12,6 +12,8 @@ import threading
 import time
 from typing import Any
 
+from prometheus_client import Counter
+
 from liverank.serving.freshness import Freshness
 from liverank.serving.metrics import Metrics
 from liverank.serving.writer import STATUS_RECORD, WriterProcess
@@ -23,7 +25,7 @@ _STATUS_EVERY_S = 0.25
 
 
 class Follower:
-    """Keeps this process's view current with the writer process; same surface as the in-process ``Updater``."""
+    """Keeps this process's view (its RAM tier, metrics and readiness) current with the writer process."""
 
     def __init__(self, store: EmbeddingStore, writer: WriterProcess, metrics: Metrics, *, poll_s: float) -> None:
         self._store = store
@@ -33,6 +35,8 @@ class Follower:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="liverank-follower", daemon=True)
         self._failures_seen: dict[str, int] = {}
+        self._expired_seen: dict[str, int] = {}
+        self._seen_token = 0  # the writer whose running totals the two dicts above hold
         self.drained_at_start = threading.Event()
         self.last_apply_ms: int | None = None
         self.writer_status: dict[str, Any] = {}  # the writer's last status record (its delta source's state too)
@@ -46,9 +50,6 @@ class Follower:
         self._stop.set()
         self._thread.join(timeout_s)
         self._writer.stop()
-
-    def wake(self) -> None:
-        """The writer polls the inbox on its own; nothing to do here."""
 
     @property
     def alive(self) -> bool:
@@ -96,14 +97,24 @@ class Follower:
         if status.get("token") != self._writer.token:
             return  # a previous writer's record: this one has not reported yet
         self.writer_status = status
-        for kind, count in status.get("failures", {}).items():
-            new = count - self._failures_seen.get(kind, 0)
-            if new > 0:
-                self._metrics.updater_failures.labels(kind=kind).inc(new)
-            self._failures_seen[kind] = count
+        if self._seen_token != self._writer.token:  # a restarted writer counts from zero again
+            self._seen_token = self._writer.token
+            self._failures_seen.clear()
+            self._expired_seen.clear()
+        _add_new(status.get("failures", {}), self._failures_seen, self._metrics.updater_failures, "kind")
+        _add_new(status.get("expired_by_slot", {}), self._expired_seen, self._metrics.rows_expired, "slot")
         if status.get("drained_at_start") and not self.drained_at_start.is_set():
             self._follow()  # serve what the writer applied before calling this process ready
             self.drained_at_start.set()
 
     def push_to_visible_summary(self) -> dict[str, float | int | None]:
         return self.freshness.summary()
+
+
+def _add_new(totals: dict[str, int], seen: dict[str, int], counter: Counter, label: str) -> None:
+    """Add to ``counter`` what the writer's running ``totals`` (by label value) grew by since last seen."""
+    for value, total in totals.items():
+        new = total - seen.get(value, 0)
+        if new > 0:
+            counter.labels(**{label: value}).inc(new)
+        seen[value] = total

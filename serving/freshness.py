@@ -1,5 +1,5 @@
-"""What the updater (in-process writer) and the follower (writer process) share: recording push-to-visible
-latencies, and letting ``?wait=visible`` callers wait until a delta is served here."""
+"""The serving process's view of freshness: recording push-to-visible latencies, and letting ``?wait=visible``
+callers wait until a delta is served here. The follower feeds it."""
 
 from __future__ import annotations
 

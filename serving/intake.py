@@ -1,14 +1,12 @@
 """``DeltaIntake``: a pushed delta's way into the durable inbox. Decoded, validated against the live slots and
-schema, queued (one LMDB write transaction), and the updater woken. Anything wrong raises before anything is
-written."""
+schema, and queued (one LMDB write transaction) for the writer process, which polls the inbox. Anything wrong raises
+before anything is written."""
 
 from __future__ import annotations
 
 import threading
 
-from liverank.serving.follower import Follower
 from liverank.serving.metrics import Metrics
-from liverank.serving.updater import Updater
 from liverank.store import EmbeddingStore, EnqueueResult, Inbox, StoreError, StoreFull, decode_any, encode_delta
 from liverank.store.format import is_binary_delta
 
@@ -21,10 +19,9 @@ _ROOM_SLACK_BYTES = 256 * 1024
 class DeltaIntake:
     """Accepts deltas in the binary or the JSON form."""
 
-    def __init__(self, store: EmbeddingStore, inbox: Inbox, updater: Updater | Follower, metrics: Metrics) -> None:
+    def __init__(self, store: EmbeddingStore, inbox: Inbox, metrics: Metrics) -> None:
         self._store = store
         self._inbox = inbox
-        self._updater = updater
         self._metrics = metrics
         self._room_lock = threading.Lock()  # room check and enqueue as one step: concurrent pushes see each other
 
@@ -41,8 +38,6 @@ class DeltaIntake:
             self._metrics.deltas_received.labels(outcome=exc.code).inc()
             raise
         self._metrics.deltas_received.labels(outcome=result.status).inc()
-        if result.status == "queued":
-            self._updater.wake()
         return result
 
     def _check_room(self, delta_bytes: int) -> None:

@@ -5,7 +5,12 @@ A registry per app (not the global default) lets tests and benchmarks run severa
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+if TYPE_CHECKING:
+    from liverank.serving.ranker import RankResult
 
 # Ranking latency sits between ~1 ms and ~100 ms; the finer low buckets separate p50 from p99.
 _LATENCY_S = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0)
@@ -83,3 +88,16 @@ class Metrics:
         self.store_rows = Gauge("liverank_store_rows", "Rows stored, per slot", ["slot"], registry=r)
         self.store_used_bytes = Gauge("liverank_store_used_bytes", "Bytes used in the LMDB map", registry=r)
         self.store_map_bytes = Gauge("liverank_store_map_size_bytes", "Size of the LMDB map", registry=r)
+
+    def record_rank(self, result: RankResult) -> None:
+        """Count and time one ranked request (lookup and dense time, ids and unseen ids by slot, embedding age)."""
+        self.lookup_seconds.observe(result.lookup_s)
+        self.dense_seconds.observe(result.dense_s)
+        self.lookup_source.labels(source=result.source).inc()
+        for slot, n in result.ids_by_slot.items():
+            self.lookup_ids.labels(slot=slot).inc(n)
+            unseen = result.unseen_by_slot.get(slot, 0)
+            if unseen:
+                self.unseen_ids.labels(slot=slot).inc(unseen)
+        if result.embedding_age_max_s is not None:
+            self.embedding_age_seconds.observe(result.embedding_age_max_s)

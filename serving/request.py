@@ -27,9 +27,9 @@ from liverank.serving.errors import (
     UnknownHead,
     WrongType,
 )
+from liverank.store import SlotConfig
 from liverank.store.format import IntIds
 from liverank.store.manifest import Feature, Manifest
-from liverank.store.slots import SlotConfig
 
 Ids = IntIds | tuple[str, ...]
 FloatArray = np.ndarray[Any, np.dtype[np.float32]]

@@ -1,7 +1,11 @@
-"""``Services``: every long-lived part of a server, opened and closed in one place (the app's lifespan owns it).
+"""``Services``: every long-lived part of a server, opened and closed in one place (the app's lifespan owns it),
+and the serving core's one entry point per operation (rank, push a delta, install or roll back a bundle, ...).
+Each operation does its own bookkeeping (metrics, the live-bundle gauge), so an HTTP route only parses the request,
+calls one method and writes the answer (as MLServer's DataPlane does).
 
 Opening order: store (LMDB + RAM tier warm-up), bundles (the last live bundle goes live again, or the configured
-start-up bundle), updater (drains what the inbox still holds). Closing runs in reverse.
+start-up bundle), the writer process and its follower (the writer drains what the inbox still holds, the follower
+brings this process's RAM tier along). Closing runs in reverse.
 """
 
 from __future__ import annotations
@@ -12,18 +16,20 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from prometheus_client import generate_latest
+
 from liverank.serving.bundles import BundleManager
 from liverank.serving.errors import ConfigInvalid
 from liverank.serving.follower import Follower
 from liverank.serving.intake import DeltaIntake
 from liverank.serving.metrics import Metrics
-from liverank.serving.model_slot import ModelSlot
-from liverank.serving.ranker import Ranker
+from liverank.serving.model_slot import LiveModel, ModelSlot
+from liverank.serving.ranker import Ranker, RankResult
 from liverank.serving.request import Limits
 from liverank.serving.settings import LOOPBACK_HOSTS, Settings
-from liverank.serving.updater import Updater
 from liverank.serving.writer import WriterConfig, WriterProcess
 from liverank.store import EmbeddingStore, Inbox
+from liverank.store.manifest import manifest_to_json
 
 if TYPE_CHECKING:  # replicated mode needs the replication extra (nats-py): imported only with --log
     from liverank.serving.replication.publisher import LogIntake
@@ -43,6 +49,15 @@ def check_settings(settings: Settings) -> None:
             raise ConfigInvalid(f"--open-admin is allowed only on a loopback host, not on {settings.host!r}")
 
 
+@dataclass(frozen=True)
+class DeltaReceipt:
+    """What became of a pushed delta: the answer's body, and whether it is settled (a duplicate, or visible to
+    ranking) or still queued."""
+
+    body: dict[str, Any]
+    settled: bool
+
+
 @dataclass
 class Services:
     settings: Settings
@@ -52,7 +67,7 @@ class Services:
     model_slot: ModelSlot
     bundles: BundleManager
     ranker: Ranker
-    updater: Updater | Follower
+    follower: Follower
     intake: DeltaIntake | LogIntake
     started_at_ms: int
     replication: Replication | None = None  # replicated mode (--log): the shared log's parts in this process
@@ -101,32 +116,21 @@ class Services:
             live = bundles.install_dir(settings.bundle)
             metrics.bundle_swaps.labels(how="startup").inc()
         inbox = Inbox(store.lmdb, settings.inbox_max_depth)
-        updater: Updater | Follower
-        if settings.writer == "process":
-            store.follow_inline = False  # the follower thread catches up; ranking requests never pay for it
-            writer = WriterProcess(
-                WriterConfig(
-                    store_path=str(settings.store_path),
-                    map_size_bytes=settings.map_size_bytes,
-                    durability=settings.durability,
-                    inbox_max_depth=settings.inbox_max_depth,
-                    poll_s=settings.updater_poll_s,
-                    flush_interval_s=settings.flush_interval_s,
-                    sweep_interval_s=settings.sweep_interval_s,
-                    log_level=logging.getLogger().getEffectiveLevel(),
-                    log=None if replication is None else replication.writer_config(),
-                )
-            )
-            updater = Follower(store, writer, metrics, poll_s=settings.updater_poll_s)
-        else:
-            updater = Updater(
-                store,
-                inbox,
-                metrics,
+        store.follow_inline = False  # the follower thread catches up; ranking requests never pay for it
+        writer = WriterProcess(
+            WriterConfig(
+                store_path=str(settings.store_path),
+                map_size_bytes=settings.map_size_bytes,
+                durability=settings.durability,
+                inbox_max_depth=settings.inbox_max_depth,
                 poll_s=settings.updater_poll_s,
                 flush_interval_s=settings.flush_interval_s,
                 sweep_interval_s=settings.sweep_interval_s,
+                log_level=logging.getLogger().getEffectiveLevel(),
+                log=None if replication is None else replication.writer_config(),
             )
+        )
+        follower = Follower(store, writer, metrics, poll_s=settings.updater_poll_s)
         if replication is not None:
             replication.attach(store, bundles, metrics)
         limits = Limits(settings.max_candidates, settings.max_list_ids, settings.max_k)
@@ -138,13 +142,13 @@ class Services:
             model_slot=model_slot,
             bundles=bundles,
             ranker=Ranker(store, model_slot, limits),
-            updater=updater,
-            intake=DeltaIntake(store, inbox, updater, metrics) if replication is None else replication.log_intake(),
+            follower=follower,
+            intake=DeltaIntake(store, inbox, metrics) if replication is None else replication.log_intake(),
             started_at_ms=time.time_ns() // 1_000_000,
             replication=replication,
         )
         services.note_live_bundle()
-        updater.start()
+        follower.start()
         if replication is not None:
             replication.start()
         log.info(
@@ -158,8 +162,77 @@ class Services:
     def close(self) -> None:
         if self.replication is not None:
             self.replication.close()
-        self.updater.stop()
+        self.follower.stop()
         self.store.close()
+
+    # --- operations: one per route, each with its bookkeeping -------------------------------------------------
+
+    def rank(self, doc: Any) -> RankResult:
+        """Rank one parsed request with the live model and record its metrics."""
+        result = self.ranker.rank(doc)
+        self.metrics.record_rank(result)
+        return result
+
+    def push_delta(self, payload: bytes, received_at_ms: int, *, wait_visible: bool) -> DeltaReceipt:
+        """Queue a delta (counted by outcome); with ``wait_visible``, answer once this process serves it or the
+        configured wait runs out."""
+        result = self.intake.submit(payload, received_at_ms)
+        body: dict[str, Any] = {"status": result.status, "producer": result.producer, "seq": result.seq}
+        if result.status == "duplicate":
+            return DeltaReceipt({**body, "epoch": self.epoch()}, settled=True)
+        if not wait_visible:
+            return DeltaReceipt({**body, "inbox_depth": result.depth}, settled=False)
+        if self.follower.wait_applied(result.producer, result.seq, self.settings.wait_visible_timeout_s):
+            return DeltaReceipt({**body, "status": "visible", "epoch": self.epoch()}, settled=True)
+        return DeltaReceipt({**body, "visible": False, "inbox_depth": self.inbox.depth()}, settled=False)
+
+    def install_bundle(self, archive: bytes) -> dict[str, Any]:
+        """Check, warm and swap in an uploaded bundle archive; the answer names the new live bundle."""
+        bundle_log = self.replication and self.replication.bundle_log  # replicated: installed here, then published
+        live = bundle_log.upload(archive) if bundle_log else self.bundles.install_archive(archive)
+        self.metrics.bundle_swaps.labels(how="upload").inc()
+        return self._went_live(live)
+
+    def rollback(self) -> dict[str, Any]:
+        """Make the previous bundle live again; the answer names it."""
+        bundle_log = self.replication and self.replication.bundle_log  # replicated: a record for every replica
+        live = bundle_log.rollback() if bundle_log else self.bundles.rollback()
+        self.metrics.bundle_swaps.labels(how="rollback").inc()
+        return self._went_live(live)
+
+    def model_info(self) -> dict[str, Any]:
+        """The live bundle's manifest (what ranking accepts) and the epoch; ``NoBundle`` if none is live."""
+        live = self.model_slot.current()
+        return {"bundle_id": live.bundle_id, "manifest": manifest_to_json(live.manifest), "epoch": self.epoch()}
+
+    def metrics_text(self) -> bytes:
+        """The Prometheus exposition, with the store's gauges read now."""
+        stats = self.store.stats()
+        for slot, rows in stats.rows_by_slot.items():
+            self.metrics.store_rows.labels(slot=slot).set(rows)
+        self.metrics.store_used_bytes.set(stats.used_bytes)
+        self.metrics.store_map_bytes.set(stats.map_size_bytes)
+        self.metrics.inbox_depth.set(self.inbox.depth())
+        return generate_latest(self.metrics.registry)
+
+    @property
+    def alive(self) -> bool:
+        """The writer process and its follower run (liveness; readiness also needs a live bundle)."""
+        return self.follower.alive
+
+    def _went_live(self, live: LiveModel) -> dict[str, Any]:
+        self.note_live_bundle()
+        m = live.manifest
+        return {
+            "status": "live",
+            "bundle_id": live.bundle_id,
+            "model": m.model,
+            "version": m.version,
+            "schema_hash": m.schema_hash,
+            "epoch": self.epoch(),
+        }
+
+    # --- state ----------------------------------------------------------------------------------------------
 
     def note_live_bundle(self) -> None:
         """Point the bundle-info metric at the live bundle."""
@@ -179,8 +252,8 @@ class Services:
             "epoch": self.epoch(),
             "applied_seq": stats.applied_seq,
             "inbox_depth": self.inbox.depth(),
-            "last_apply_ms": self.updater.last_apply_ms,
-            "push_to_visible": self.updater.push_to_visible_summary(),
+            "last_apply_ms": self.follower.last_apply_ms,
+            "push_to_visible": self.follower.push_to_visible_summary(),
             "ready": self.ready()[0],
             "store": {
                 "generation": stats.generation,
@@ -202,10 +275,10 @@ class Services:
     def ready(self) -> tuple[bool, str]:
         if self.model_slot.live is None:
             return False, "no bundle is live"
-        if not self.updater.drained_at_start.is_set():
+        if not self.follower.drained_at_start.is_set():
             return False, "applying the deltas queued before start-up"
-        if not self.updater.alive:
-            return False, "the updater (writer process or its follower) has stopped"
+        if not self.follower.alive:
+            return False, "the writer process or its follower has stopped"
         log_status = self.log_status()
         if log_status is not None:
             if log_status.get("state") != "following":
@@ -215,18 +288,20 @@ class Services:
                 return False, f"{lag} log records behind (ready within {limit})"
         return True, "ready"
 
+    def rows_checksum(self) -> dict[str, Any]:
+        """A digest of every stored row with the sequences and log position it reflects (replica convergence)."""
+        return {**self.store.rows_checksum(), "epoch": self.epoch()}
+
     def log_status(self) -> dict[str, Any] | None:
         """Replicated mode: this replica's reading of the log (applied position, lag, state); None otherwise."""
         if self.replication is None:
             return None
-        return self.replication.status(getattr(self.updater, "writer_status", {}))
+        return self.replication.status(self.follower.writer_status)
 
 
 def _connect_replication(settings: Settings) -> Replication | None:
     if settings.log is None:
         return None
-    if settings.writer != "process":
-        raise ConfigInvalid("replicated mode (--log) needs the writer process (LIVERANK_WRITER=process)")
     from liverank.serving.replication.replica import Replication  # noqa: PLC0415 - the replication extra
 
     return Replication.connect(settings)

@@ -1,7 +1,12 @@
-"""Server settings, read from ``LIVERANK_*`` environment variables (or passed in by the CLI and tests)."""
+"""Server settings, read from ``LIVERANK_*`` environment variables (or passed in by the CLI and tests).
+
+pydantic-settings ignores environment variables that name no field, so a typo in a setting would be ignored
+silently; ``liverank serve`` refuses them instead (``unknown_variables``).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -9,6 +14,38 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
+ENV_PREFIX = "LIVERANK_"
+
+# ``LIVERANK_*`` variables that other commands read; they are not server settings, yet may sit in a server's
+# environment because the command that reads them also starts servers that inherit its environment. Every other
+# ``LIVERANK_*`` variable must name a ``Settings`` field (tests/serving/test_settings.py keeps this list complete).
+OTHER_COMMANDS_VARIABLES = frozenset(
+    {
+        # the load test's knobs (loadtest/locustfile.py, shapes.py, run.py, soak.py: they start the server too)
+        "LIVERANK_BUNDLE_ARCHIVE",
+        "LIVERANK_CANDIDATES",
+        "LIVERANK_DELTA_INTERVAL_S",
+        "LIVERANK_DELTA_ROWS",
+        "LIVERANK_DELTA_USERS",
+        "LIVERANK_K",
+        "LIVERANK_POOL_SIZE",
+        "LIVERANK_PROBE_INTERVAL_S",
+        "LIVERANK_PRODUCER",
+        "LIVERANK_RANK_RPS_PER_USER",
+        "LIVERANK_SEED",
+        "LIVERANK_SHAPE",
+        "LIVERANK_STEPS",
+        "LIVERANK_SWAP_INTERVAL_S",
+        "LIVERANK_TIMELINE_JSON",
+        "LIVERANK_VISIBLE_TIMEOUT_S",
+        # where `liverank replay` caches data sets (it starts its servers with its own environment)
+        "LIVERANK_DATASETS_DIR",
+        # trial counts of the long tests (tests start servers, some with the environment pytest runs in)
+        "LIVERANK_CRASH_TRIALS",
+        "LIVERANK_KILL9_TRIALS",
+        "LIVERANK_SWAP_TRIALS",
+    }
+)
 
 
 class Settings(BaseSettings):
@@ -30,11 +67,8 @@ class Settings(BaseSettings):
     flush_interval_s: float = Field(1.0, gt=0, description="how often committed data is fsynced (durability=process)")
     sweep_interval_s: float = Field(30.0, gt=0)
     inbox_max_depth: int = Field(1_000, ge=1)
-    updater_poll_s: float = Field(0.002, gt=0, description="idle wait between inbox checks")
-    writer: Literal["process", "thread"] = Field(
-        "process",
-        description="where deltas are written to LMDB: a separate process (default: ranking load cannot slow it "
-        "down) or a thread of the server",
+    updater_poll_s: float = Field(
+        0.002, gt=0, description="idle wait between inbox checks (writer) and changelog checks (follower)"
     )
     switch_interval_s: float = Field(
         0.001, gt=0, description="sys.setswitchinterval: how long a thread may hold the GIL while others wait"
@@ -86,3 +120,15 @@ class Settings(BaseSettings):
     @property
     def bundles_path(self) -> Path:
         return self.data_dir / "bundles"
+
+
+def setting_variables() -> frozenset[str]:
+    """The environment variable of every setting (``LIVERANK_DATA_DIR`` for ``data_dir``, ...)."""
+    return frozenset(ENV_PREFIX + name.upper() for name in Settings.model_fields)
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """``LIVERANK_*`` names in ``environ`` that are neither a setting nor another command's variable, sorted.
+    Compared case-insensitively, as pydantic-settings reads them."""
+    allowed = setting_variables() | OTHER_COMMANDS_VARIABLES
+    return sorted(name for name in environ if name.upper().startswith(ENV_PREFIX) and name.upper() not in allowed)

@@ -1,9 +1,9 @@
-"""The updater: a long-lived thread, owned by the app's lifespan, that keeps the served model current.
+"""The updater: the writer process's loop, the one place where deltas are written to LMDB.
 
 It drains the durable inbox into the store in sequence order, fsyncs committed data on a timer (durability
-"process"), sweeps expired rows. It runs in the writer process (serving/writer.py) or, with
-``LIVERANK_WRITER=thread``, as a thread of the server. One bad artifact is
-logged, counted and quarantined, and serving goes on; ranking threads never wait for it.
+"process"), sweeps expired rows. It runs on a thread of the writer process (serving/writer.py), which publishes
+``status_record()`` for the server's follower. One bad artifact is logged, counted and quarantined, and serving
+goes on; ranking threads never wait for it.
 """
 
 from __future__ import annotations
@@ -15,8 +15,6 @@ import time
 from typing import Any
 
 from liverank.serving.delta_source import DeltaSource
-from liverank.serving.freshness import Freshness
-from liverank.serving.metrics import Metrics
 from liverank.store import (
     DeltaError,
     EmbeddingStore,
@@ -41,7 +39,6 @@ class Updater:
         self,
         store: EmbeddingStore,
         inbox: DeltaSource,
-        metrics: Metrics,
         *,
         poll_s: float,
         flush_interval_s: float,
@@ -49,20 +46,19 @@ class Updater:
     ) -> None:
         self._store = store
         self._inbox = inbox
-        self._metrics = metrics
         self._poll_s = poll_s
         self._flush_interval_s = flush_interval_s
         self._sweep_interval_s = sweep_interval_s
-        self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="liverank-updater", daemon=True)
         self._waiting_schema: set[tuple[str, int]] = set()  # (producer, seq): warned about once
         self.drained_at_start = threading.Event()
         self.last_apply_ms: int | None = None
-        self.failures: collections.Counter[str] = collections.Counter()  # by kind, also in the metrics
+        # Reported in ``status_record``; the server's follower turns them into its metrics.
+        self.failures: collections.Counter[str] = collections.Counter()  # by kind
+        self.expired_by_slot: collections.Counter[str] = collections.Counter()
         self.deltas_applied = 0
         self.rows_applied = 0
-        self.freshness = Freshness(store, metrics)
 
     # --- lifecycle ----------------------------------------------------------------------------------------------
 
@@ -71,22 +67,11 @@ class Updater:
 
     def stop(self, timeout_s: float = 10.0) -> None:
         self._stop.set()
-        self._wake.set()
         self._thread.join(timeout_s)
-
-    def wake(self) -> None:
-        """A delta was queued: look now instead of at the next poll."""
-        self._wake.set()
 
     @property
     def alive(self) -> bool:
         return self._thread.is_alive()
-
-    # --- waiting for visibility ---------------------------------------------------------------------------------
-
-    def wait_applied(self, producer: str, seq: int, timeout_s: float) -> bool:
-        """Block until ``producer``'s ``seq`` is served by this process, or the timeout passes."""
-        return self.freshness.wait_served(producer, seq, timeout_s)
 
     # --- the loop -----------------------------------------------------------------------------------------------
 
@@ -109,13 +94,11 @@ class Updater:
                 self._stop.wait(_BACKOFF_S)
                 continue
             if not progressed:
-                self._wake.wait(self._poll_s)
-                self._wake.clear()
+                self._stop.wait(self._poll_s)
 
     def _drain(self) -> bool:
         """Apply what the inbox holds, oldest first per producer. True if anything was applied."""
         entries = self._inbox.pending(limit=256)
-        self._metrics.inbox_depth.set(self._inbox.depth() if len(entries) == 256 else len(entries))
         if not entries:
             self.drained_at_start.set()
             return False
@@ -166,19 +149,13 @@ class Updater:
         self._waiting_schema.discard((entry.producer, entry.seq))
         now_ms = time.time_ns() // 1_000_000
         if result.status == "applied":
-            self.freshness.visible(entry.received_at_ms, now_ms)
-            self._metrics.deltas_applied.inc()
-            self._metrics.delta_rows_applied.inc(result.rows_written)
             self.deltas_applied += 1
             self.rows_applied += result.rows_written
             self.last_apply_ms = now_ms
-        self._metrics.applied_sequence.labels(producer=entry.producer).set(result.seq)
-        self.freshness.notify()
         return True
 
     def _fail(self, kind: str) -> None:
         self.failures[kind] += 1
-        self._metrics.updater_failures.labels(kind=kind).inc()
 
     def _quarantine(self, entry: InboxEntry, exc: StoreError) -> None:
         """Set a delta that can never apply aside (kept for inspection), so the ones after it can go on."""
@@ -199,7 +176,7 @@ class Updater:
 
     def _sweep(self) -> None:
         for slot, removed in self._store.sweep_expired().items():
-            self._metrics.rows_expired.labels(slot=slot).inc(removed)
+            self.expired_by_slot[slot] += removed
 
     # --- status -------------------------------------------------------------------------------------------------
 
@@ -210,10 +187,8 @@ class Updater:
             "drained_at_start": self.drained_at_start.is_set(),
             "last_apply_ms": self.last_apply_ms,
             "failures": dict(self.failures),
+            "expired_by_slot": dict(self.expired_by_slot),
             "deltas_applied": self.deltas_applied,
             "rows_applied": self.rows_applied,
             "source": self._inbox.status(),
         }
-
-    def push_to_visible_summary(self) -> dict[str, float | int | None]:
-        return self.freshness.summary()

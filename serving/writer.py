@@ -5,8 +5,9 @@ server whose request threads keep the GIL busy, a 10,000-row delta that takes ~5
 BENCHMARKS.md), so push-to-visible and ranking tails grew with load. Here the LMDB work runs in its own interpreter;
 the serving process only follows the changelog into its RAM tier (a few vectorised numpy calls per delta).
 
-The child runs the same ``Updater`` loop as the in-process mode (drain the inbox, flush, sweep) and publishes its
-state as the store's ``writer_status`` record, which the server's follower reads for readiness and metrics.
+The child runs the ``Updater`` loop (drain the inbox, flush, sweep) and publishes its state as the store's
+``writer_status`` record, which the server's follower reads for readiness and metrics. No other code writes deltas
+to LMDB.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from liverank.serving.delta_source import DeltaSource
-from liverank.serving.metrics import Metrics
 from liverank.serving.updater import Updater
 from liverank.store import EmbeddingStore, Inbox
 
@@ -62,7 +62,6 @@ def _writer_main(config: dict[str, Any], stop: Connection, token: int, parent_pi
         updater = Updater(
             store,
             source,
-            Metrics(),
             poll_s=cfg.poll_s,
             flush_interval_s=cfg.flush_interval_s,
             sweep_interval_s=cfg.sweep_interval_s,

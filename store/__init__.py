@@ -7,8 +7,9 @@ The public surface is what this module exports; everything else is private to th
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from liverank._exports import lazy_exports
 
 if TYPE_CHECKING:
     from liverank.store.embedding_store import EmbeddingStore, Lookup, SlotLookup, StoreStats
@@ -86,14 +87,7 @@ _HOMES = {
     "liverank.store.lmdb_store": ("ApplyResult", "Durability"),
     "liverank.store.slots": ("SlotConfig",),
 }
-_WHERE = {name: module for module, names in _HOMES.items() for name in names}
-
-
-def __getattr__(name: str) -> Any:
-    module = _WHERE.get(name)
-    if module is None:
-        raise AttributeError(f"module 'store' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+__getattr__ = lazy_exports(__name__, _HOMES)
 
 
 __all__ = [

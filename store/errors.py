@@ -6,15 +6,13 @@ for the person who sent the bad input. No HTTP status lives here: the serving AP
 
 from __future__ import annotations
 
+from liverank.errors import LiverankError
 
-class StoreError(Exception):
+
+class StoreError(LiverankError):
     """Base of every error the store raises on purpose."""
 
     code = "store_error"
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
 
 
 # --- a delta (or its payload) is not acceptable; nothing was written -----------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Any, Literal
 
@@ -13,7 +14,6 @@ from starlette.responses import Response
 from liverank.serving.api.auth import require_admin
 from liverank.serving.api.body import read_body
 from liverank.serving.api.errors import error_responses
-from liverank.serving.model_slot import LiveModel
 from liverank.serving.services import Services
 
 router = APIRouter(prefix="/admin", dependencies=[Depends(require_admin)], responses=error_responses(401, 403))
@@ -43,18 +43,10 @@ async def push_delta(request: Request, wait: Literal["visible"] | None = Query(N
     services: Services = request.app.state.services
     received_at_ms = time.time_ns() // 1_000_000
     body = await read_body(request, services.settings.max_delta_body_bytes)
-    result = await run_in_threadpool(services.intake.submit, body, received_at_ms)
-    answer: dict[str, Any] = {"status": result.status, "producer": result.producer, "seq": result.seq}
-    if result.status == "duplicate":
-        return _json({**answer, "epoch": services.epoch()}, 200)
-    if wait == "visible":
-        visible = await run_in_threadpool(
-            services.updater.wait_applied, result.producer, result.seq, services.settings.wait_visible_timeout_s
-        )
-        if visible:
-            return _json({**answer, "status": "visible", "epoch": services.epoch()}, 200)
-        return _json({**answer, "visible": False, "inbox_depth": services.inbox.depth()}, 202)
-    return _json({**answer, "inbox_depth": result.depth}, 202)
+    receipt = await run_in_threadpool(
+        functools.partial(services.push_delta, body, received_at_ms, wait_visible=wait == "visible")
+    )
+    return _json(receipt.body, 200 if receipt.settled else 202)
 
 
 @router.get(
@@ -63,23 +55,7 @@ async def push_delta(request: Request, wait: Literal["visible"] | None = Query(N
 )
 async def rows_checksum(request: Request) -> Response:
     services: Services = request.app.state.services
-    checksum = await run_in_threadpool(services.store.rows_checksum)
-    return _json({**checksum, "epoch": services.epoch()})
-
-
-def _live_answer(services: Services, live: LiveModel) -> Response:
-    services.note_live_bundle()
-    m = live.manifest
-    return _json(
-        {
-            "status": "live",
-            "bundle_id": live.bundle_id,
-            "model": m.model,
-            "version": m.version,
-            "schema_hash": m.schema_hash,
-            "epoch": services.epoch(),
-        }
-    )
+    return _json(await run_in_threadpool(services.rows_checksum))
 
 
 @router.post(
@@ -93,22 +69,13 @@ def _live_answer(services: Services, live: LiveModel) -> Response:
 async def upload_bundle(request: Request) -> Response:
     services: Services = request.app.state.services
     body = await read_body(request, services.settings.max_bundle_bytes)
-    # replicated mode: installed here, then published for every replica (bundle_log.py)
-    bundle_log = services.replication and services.replication.bundle_log
-    install = bundle_log.upload if bundle_log else services.bundles.install_archive
-    live = await run_in_threadpool(install, body)
-    services.metrics.bundle_swaps.labels(how="upload").inc()
-    return _live_answer(services, live)
+    return _json(await run_in_threadpool(services.install_bundle, body))
 
 
 @router.post("/rollback", summary="Make the previous bundle live again", responses=error_responses(409, 422))
 async def rollback(request: Request) -> Response:
     services: Services = request.app.state.services
-    bundle_log = services.replication and services.replication.bundle_log
-    roll_back = bundle_log.rollback if bundle_log else services.bundles.rollback
-    live = await run_in_threadpool(roll_back)
-    services.metrics.bundle_swaps.labels(how="rollback").inc()
-    return _live_answer(services, live)
+    return _json(await run_in_threadpool(services.rollback))
 
 
 @router.get("/status", summary="Epoch, sequences, inbox, freshness, store stats, bundle history")

@@ -35,19 +35,7 @@ def rank_json(services: Services, body: bytes) -> bytes:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise InvalidJson(f"request body is not valid JSON: {exc}") from exc
-    result = services.ranker.rank(doc)
-    metrics = services.metrics
-    metrics.lookup_seconds.observe(result.lookup_s)
-    metrics.dense_seconds.observe(result.dense_s)
-    metrics.lookup_source.labels(source=result.source).inc()
-    for slot, n in result.ids_by_slot.items():
-        metrics.lookup_ids.labels(slot=slot).inc(n)
-        unseen = result.unseen_by_slot.get(slot, 0)
-        if unseen:
-            metrics.unseen_ids.labels(slot=slot).inc(unseen)
-    if result.embedding_age_max_s is not None:
-        metrics.embedding_age_seconds.observe(result.embedding_age_max_s)
-    return orjson.dumps(result.to_json())
+    return orjson.dumps(services.rank(doc).to_json())
 
 
 @router.post(

@@ -199,7 +199,9 @@ def test_cli_bad_arguments_exit_2(
 def test_cli_invalid_bundle_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "manifest.json").write_bytes(b"{}")
     (tmp_path / "dense.onnx").write_bytes(b"\x08\x08")
-    assert main(["archive", "--bundle", str(tmp_path), "--out", str(tmp_path / "a.tgz")]) == 1
+    from liverank.cli import main as liverank_main
+
+    assert liverank_main(["export", "archive", "--bundle", str(tmp_path), "--out", str(tmp_path / "a.tgz")]) == 1
     assert "missing field" in capsys.readouterr().err
     assert not (tmp_path / "a.tgz").exists()
 

@@ -47,7 +47,7 @@ class LiveServer:
         port = self.server.servers[0].sockets[0].getsockname()[1]
         self.url = f"http://127.0.0.1:{port}"
         # The writer process starts beside the server; tests begin once it has drained what was queued.
-        if not self.services.updater.drained_at_start.wait(60):
+        if not self.services.follower.drained_at_start.wait(60):
             raise RuntimeError("the test server's writer did not report in")
         return self
 

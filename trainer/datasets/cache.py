@@ -20,6 +20,8 @@ import sys
 import zipfile
 from pathlib import Path
 
+from liverank.errors import LiverankError
+
 log = logging.getLogger(__name__)
 
 RECBOLE_REQUIREMENT = "recbole==1.2.1"
@@ -31,8 +33,10 @@ ML100K_FILE = "ml-100k/ml-100k.inter"
 DEFAULT_PIP_TIMEOUT_S = 300.0
 
 
-class DatasetUnavailable(Exception):
+class DatasetUnavailable(LiverankError):
     """A data set cannot be obtained here; the message says why and how else to get it."""
+
+    code = "dataset_unavailable"
 
 
 def cache_dir(override: str | Path | None = None) -> Path:
