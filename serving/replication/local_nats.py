@@ -63,6 +63,7 @@ class NatsNode:
         cluster_port: int | None = None,
         routes: list[int] | None = None,
         cluster_name: str = "liverank",
+        max_payload_bytes: int | None = None,
     ) -> None:
         self.name = name
         self.store_dir = store_dir
@@ -71,6 +72,7 @@ class NatsNode:
         self.cluster_port = cluster_port
         self.routes = routes or []
         self.cluster_name = cluster_name
+        self.max_payload_bytes = max_payload_bytes  # None: NATS's default (1 MiB); only a config file can set it
         self.log_path = store_dir / f"{name}.log"
         self._process: subprocess.Popen[bytes] | None = None
 
@@ -93,6 +95,10 @@ class NatsNode:
             "--store_dir", str(self.store_dir / "jetstream"),
             "--log", str(self.log_path),
         ]  # fmt: skip
+        if self.max_payload_bytes is not None:
+            config = self.store_dir / f"{self.name}.conf"
+            config.write_text(f"max_payload: {self.max_payload_bytes}\n")
+            cmd += ["--config", str(config)]
         if self.cluster_port is not None:
             cmd += ["--cluster_name", self.cluster_name, "--cluster", f"nats://127.0.0.1:{self.cluster_port}"]
             cmd += ["--routes", ",".join(f"nats://127.0.0.1:{port}" for port in self.routes)]
@@ -138,7 +144,7 @@ class NatsNode:
 class NatsCluster:
     """``size`` nodes on loopback routed to each other (size 1: a single node without clustering)."""
 
-    def __init__(self, root: Path, size: int = 3) -> None:
+    def __init__(self, root: Path, size: int = 3, *, max_payload_bytes: int | None = None) -> None:
         ports = free_ports(3 * size)
         client, monitor, cluster = ports[:size], ports[size : 2 * size], ports[2 * size :]
         self.nodes = [
@@ -149,6 +155,7 @@ class NatsCluster:
                 monitor_port=monitor[i],
                 cluster_port=cluster[i] if size > 1 else None,
                 routes=[port for j, port in enumerate(cluster) if j != i] if size > 1 else None,
+                max_payload_bytes=max_payload_bytes,
             )
             for i in range(size)
         ]
