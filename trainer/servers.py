@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import signal
 import socket
 import subprocess
 import sys
@@ -16,6 +15,8 @@ from pathlib import Path
 from types import TracebackType
 
 import httpx
+
+from liverank.processes import stop_process
 
 
 def free_port() -> int:
@@ -79,6 +80,7 @@ class ServerProcess:
         with httpx.Client(base_url=self.url, timeout=2.0) as client:
             while time.monotonic() < deadline:
                 if self._process.poll() is not None:
+                    self.stop()  # closes the log file
                     raise RuntimeError(
                         f"server {self.name} exited with {self._process.returncode}; see {self.log_path}"
                     )
@@ -92,14 +94,7 @@ class ServerProcess:
         raise RuntimeError(f"server {self.name} was not ready within {timeout_s:.0f} s; see {self.log_path}")
 
     def stop(self, timeout_s: float = 20.0) -> None:
-        process = self._process
-        if process is not None and process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_process(self._process, timeout_s)
         if self._log_file is not None:
             self._log_file.close()  # type: ignore[attr-defined]
             self._log_file = None

@@ -103,6 +103,7 @@ class NatsLink:
         self._thread = threading.Thread(target=self._loop.run_forever, name=f"liverank-nats-{name}", daemon=True)
         self._nc: Client | None = None
         self._js: JetStreamContext | None = None
+        self._last_error: Exception | None = None  # the client's last complaint (e.g. an authorization violation)
 
     def start(self, connect_timeout_s: float = 10.0) -> NatsLink:
         self._thread.start()
@@ -110,7 +111,8 @@ class NatsLink:
             self.run(self._connect(), connect_timeout_s)
         except (TimeoutError, OSError, nats.errors.Error) as exc:
             self.close()
-            raise ConfigInvalid(f"cannot reach the log at {','.join(self.config.servers)}: {exc!r}") from exc
+            reason = self._last_error if self._last_error is not None else exc
+            raise ConfigInvalid(f"cannot reach the log at {','.join(self.config.servers)}: {reason}") from exc
         return self
 
     async def _connect(self) -> None:
@@ -132,6 +134,7 @@ class NatsLink:
         self._js = self._nc.jetstream(timeout=cfg.timeout_s)
 
     async def _on_error(self, exc: Exception) -> None:
+        self._last_error = exc
         log.warning("nats (%s): %s", self._name, exc)
 
     async def _on_disconnect(self) -> None:

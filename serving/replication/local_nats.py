@@ -20,6 +20,7 @@ from types import TracebackType
 
 import httpx
 
+from liverank.processes import stop_process
 from liverank.serving.errors import ConfigInvalid
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,7 @@ class NatsNode:
         routes: list[int] | None = None,
         cluster_name: str = "liverank",
         max_payload_bytes: int | None = None,
+        token: str | None = None,
     ) -> None:
         self.name = name
         self.store_dir = store_dir
@@ -73,6 +75,7 @@ class NatsNode:
         self.routes = routes or []
         self.cluster_name = cluster_name
         self.max_payload_bytes = max_payload_bytes  # None: NATS's default (1 MiB); only a config file can set it
+        self.token = token  # clients must present it (LIVERANK_NATS_TOKEN)
         self.log_path = store_dir / f"{name}.log"
         self._process: subprocess.Popen[bytes] | None = None
 
@@ -95,6 +98,8 @@ class NatsNode:
             "--store_dir", str(self.store_dir / "jetstream"),
             "--log", str(self.log_path),
         ]  # fmt: skip
+        if self.token is not None:
+            cmd += ["--auth", self.token]
         if self.max_payload_bytes is not None:
             config = self.store_dir / f"{self.name}.conf"
             config.write_text(f"max_payload: {self.max_payload_bytes}\n")
@@ -130,21 +135,16 @@ class NatsNode:
             self._process.wait()
 
     def stop(self, timeout_s: float = 15.0) -> None:
-        process = self._process
-        if process is not None and process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_process(self._process, timeout_s)
         self._process = None
 
 
 class NatsCluster:
     """``size`` nodes on loopback routed to each other (size 1: a single node without clustering)."""
 
-    def __init__(self, root: Path, size: int = 3, *, max_payload_bytes: int | None = None) -> None:
+    def __init__(
+        self, root: Path, size: int = 3, *, max_payload_bytes: int | None = None, token: str | None = None
+    ) -> None:
         ports = free_ports(3 * size)
         client, monitor, cluster = ports[:size], ports[size : 2 * size], ports[2 * size :]
         self.nodes = [
@@ -156,6 +156,7 @@ class NatsCluster:
                 cluster_port=cluster[i] if size > 1 else None,
                 routes=[port for j, port in enumerate(cluster) if j != i] if size > 1 else None,
                 max_payload_bytes=max_payload_bytes,
+                token=token,
             )
             for i in range(size)
         ]

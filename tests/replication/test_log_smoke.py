@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
+import pytest
 
 from liverank.serving.replication.local_nats import NatsCluster
 from liverank.store import SlotDelta, SparseDelta, encode_delta
@@ -55,3 +57,33 @@ def test_a_delta_larger_than_a_log_message_applies_whole_everywhere(
     assert sums[0]["rows_digest"] == sums[1]["rows_digest"]
     assert sums[0]["rows"] == sums[1]["rows"] == len(ids)
     assert sums[0]["generation"] == sums[1]["generation"] == 1  # one transaction
+
+
+NATS_TOKEN = "nats-secret-token-4f1d8a"
+
+
+def test_nats_credentials_work_and_are_never_shown(
+    tmp_path: Path, replicas: Callable[..., Replica], bundle: Path
+) -> None:
+    with NatsCluster(tmp_path / "nats-auth", size=1, token=NATS_TOKEN) as nats:
+        a = replicas("a", nats.urls, nats_token=NATS_TOKEN)
+        schema = schema_of(a)
+        with a.client() as client:
+            pushed = client.post("/admin/deltas?wait=visible", content=small_delta(schema, 1))
+            assert pushed.status_code == 200, pushed.text
+            status = client.get("/admin/status").text
+        assert NATS_TOKEN not in status
+        a.stop()
+        assert NATS_TOKEN not in a.log_path.read_text()
+        wrong = Replica("wrong", tmp_path, bundle, nats.urls, nats_token="not-the-token")
+        with pytest.raises(RuntimeError, match="exited with 2"):
+            wrong.start(timeout_s=60)
+        assert "cannot reach the log" in wrong.log_path.read_text()
+        assert "not-the-token" not in wrong.log_path.read_text()
+
+
+def test_a_malformed_log_url_is_refused_at_start(tmp_path: Path, bundle: Path) -> None:
+    bad = Replica("bad", tmp_path, bundle, "http://127.0.0.1:4222")
+    with pytest.raises(RuntimeError, match="exited with 2"):
+        bad.start(timeout_s=60)
+    assert "log" in bad.log_path.read_text()
