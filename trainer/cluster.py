@@ -5,7 +5,6 @@ and stops everything on Ctrl-C. README ("Replicas") shows the same across machin
 from __future__ import annotations
 
 import argparse
-import contextlib
 import secrets
 import signal
 import sys
@@ -35,7 +34,11 @@ def main(argv: list[str]) -> int:
     with tempfile.TemporaryDirectory(prefix="liverank-cluster-") as tmp:
         root = args.dir or Path(tmp)
         root.mkdir(parents=True, exist_ok=True)
-        return _up(root, args.nats_nodes, args.replicas)
+        try:
+            return _up(root, args.nats_nodes, args.replicas)
+        except KeyboardInterrupt:  # before anything was serving: what had started is stopped on the way out
+            print("\ninterrupted while starting; stopped.", file=sys.stderr)
+            return 130
 
 
 def _up(root: Path, nats_nodes: int, count: int) -> int:
@@ -69,9 +72,11 @@ def _up(root: Path, nats_nodes: int, count: int) -> int:
             print(f"admin token:   {token}")
             print(f"try:           curl -H 'Authorization: Bearer {token}' {replicas[0].url}/admin/status")
             print("Ctrl-C stops everything.", flush=True)
-            with contextlib.suppress(KeyboardInterrupt):
-                stop.wait()
+            stop.wait()
+        except KeyboardInterrupt:
+            pass  # Ctrl-C, at any moment: stop what was started
         finally:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up short
             print("\nstopping replicas and NATS ...", flush=True)
             for server in replicas:
                 server.stop()
