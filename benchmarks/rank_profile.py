@@ -40,6 +40,7 @@ from liverank.serving.ranker import (
     _id_at,
     _item_id_column,
     _plan_lookups,
+    _slot_ages,
     _top_k,
 )
 from liverank.serving.request import parse_rank_request
@@ -92,6 +93,7 @@ def _staged(services: Services, body: bytes, clock: Callable[[], float]) -> dict
         ids_by_slot={slot: len(got.unseen) for slot, got in lookup.slots.items()},
         embedding_age_max_s=age_max,
         embedding_age_median_s=age_median,
+        embedding_age_max_s_by_slot=_slot_ages(lookup, now_ms),
         lookup_s=0.0,
         dense_s=0.0,
         source=lookup.source,

@@ -17,9 +17,11 @@ import re
 import shutil
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 from liverank.serving.bundle import Bundle, extract_bundle_archive, load_bundle_dir
 from liverank.serving.errors import BundleIncompatible, BundleInvalid, NoPreviousBundle
@@ -27,6 +29,8 @@ from liverank.serving.memory import release_free_memory_soon
 from liverank.serving.model_slot import LiveModel, ModelSlot
 from liverank.serving.runner import OnnxRunner
 from liverank.store import EmbeddingStore
+from liverank.store.errors import ManifestInvalid
+from liverank.store.manifest import MANIFEST_FILE, manifest_from_json
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +42,18 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 class BundleRecord:
     live: str | None
     history: list[str]  # bundle ids, oldest first; includes the live one
+    # bundle id -> when it last went live by an install or a rollback (a restart's restore keeps the old time)
+    went_live_ms: dict[str, int] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        return {"live": self.live, "history": self.history}
+        return {"live": self.live, "history": self.history, "went_live_ms": self.went_live_ms}
+
+    def kept(self, live: str | None, history: list[str], went_live_id: str | None = None) -> BundleRecord:
+        """The record with ``live`` and ``history``; ``went_live_id`` goes live now."""
+        times = {b: t for b, t in self.went_live_ms.items() if b in history}
+        if went_live_id is not None:
+            times[went_live_id] = time.time_ns() // 1_000_000
+        return BundleRecord(live, history, times)
 
 
 class BundleManager:
@@ -72,21 +85,32 @@ class BundleManager:
         raw = self._store.lmdb.get_app_record(RECORD)
         if not raw:
             return BundleRecord(None, [])
-        return BundleRecord(raw.get("live"), list(raw.get("history", [])))
+        return BundleRecord(raw.get("live"), list(raw.get("history", [])), dict(raw.get("went_live_ms", {})))
 
     def _save(self, record: BundleRecord) -> None:
         self._store.lmdb.put_app_record(RECORD, record.to_json())
 
     def history(self) -> list[dict[str, Any]]:
+        """The kept bundles, oldest first: version, when each went live, and the manifest's parity report if any.
+        Reads each manifest only (not the ONNX file): the status page asks every few seconds."""
         record = self.record()
         out = []
         for bundle_id in record.history:
-            entry: dict[str, Any] = {"bundle_id": bundle_id, "live": bundle_id == record.live}
+            entry: dict[str, Any] = {
+                "bundle_id": bundle_id,
+                "live": bundle_id == record.live,
+                "went_live_ms": record.went_live_ms.get(bundle_id),
+            }
             try:
-                manifest = load_bundle_dir(self.root / bundle_id).manifest
+                raw = orjson.loads((self.root / bundle_id / MANIFEST_FILE).read_bytes())
+                manifest = manifest_from_json(raw)
                 entry.update(model=manifest.model, version=manifest.version, schema_hash=manifest.schema_hash)
-            except BundleInvalid as exc:
+                if isinstance(raw, dict) and raw.get("parity") is not None:
+                    entry["parity"] = raw["parity"]
+            except ManifestInvalid as exc:
                 entry["error"] = exc.message
+            except (OSError, orjson.JSONDecodeError) as exc:
+                entry["error"] = f"{MANIFEST_FILE} cannot be read: {exc}"
             out.append(entry)
         return out
 
@@ -176,7 +200,10 @@ class BundleManager:
     def _go_live(self, bundle_id: str, bundle: Bundle, runner: OnnxRunner, history: list[str]) -> LiveModel:
         self._store.declare_slots(list(bundle.manifest.slots))
         self._store.bind_schema(bundle.manifest.schema_hash)
-        self._save(BundleRecord(bundle_id, history))
+        record = self.record()
+        # A restart's restore re-enters here for the recorded live bundle: its went-live time stays.
+        going_live = None if record.live == bundle_id and bundle_id in record.went_live_ms else bundle_id
+        self._save(record.kept(bundle_id, history, going_live))
         live = LiveModel(bundle_id, bundle, runner, time.time_ns() // 1_000_000)
         if self._slot.replace(live) is not None:
             release_free_memory_soon()
@@ -187,6 +214,7 @@ class BundleManager:
         dropped = history[: max(0, len(history) - self._keep)]
         del history[: len(dropped)]
         # Record first, delete after: a crash in between leaves an unrecorded directory, not a recorded half one.
-        self._save(BundleRecord(self.record().live, history))
+        record = self.record()
+        self._save(record.kept(record.live, history))
         for bundle_id in dropped:
             shutil.rmtree(self.root / bundle_id, ignore_errors=True)

@@ -97,6 +97,18 @@ class UnknownHead(RequestInvalid):
     code = "unknown_head"
 
 
+class InferenceRequestInvalid(RequestInvalid):
+    """An Open Inference Protocol request is malformed or its tensors do not fit the live model's inputs."""
+
+    code = "invalid_inference_request"
+
+
+class ModelNotFound(ServingError):
+    """An Open Inference Protocol request names a model (or version) this server does not serve."""
+
+    code = "model_not_found"
+
+
 class BodyTooLarge(ServingError):
     """A request body is larger than the endpoint accepts."""
 

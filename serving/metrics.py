@@ -59,6 +59,13 @@ class Metrics:
             buckets=_AGE_S,
             registry=r,
         )
+        self.slot_embedding_age_seconds = Histogram(
+            "liverank_slot_embedding_age_seconds",
+            "Oldest last-update age among one slot's rows of one ranking answer, per slot",
+            ["slot"],
+            buckets=_AGE_S,
+            registry=r,
+        )
         self.applied_sequence = Gauge(
             "liverank_applied_sequence", "Last applied delta sequence, per producer", ["producer"], registry=r
         )
@@ -101,3 +108,5 @@ class Metrics:
                 self.unseen_ids.labels(slot=slot).inc(unseen)
         if result.embedding_age_max_s is not None:
             self.embedding_age_seconds.observe(result.embedding_age_max_s)
+        for slot, age_s in result.embedding_age_max_s_by_slot.items():
+            self.slot_embedding_age_seconds.labels(slot=slot).observe(age_s)

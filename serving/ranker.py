@@ -38,6 +38,7 @@ class RankResult:
     ids_by_slot: dict[str, int]
     embedding_age_max_s: float | None
     embedding_age_median_s: float | None
+    embedding_age_max_s_by_slot: dict[str, float]
     lookup_s: float
     dense_s: float
     source: str
@@ -110,6 +111,7 @@ class Ranker:
             ids_by_slot={slot: len(got.unseen) for slot, got in lookup.slots.items()},
             embedding_age_max_s=age_max,
             embedding_age_median_s=age_median,
+            embedding_age_max_s_by_slot=_slot_ages(lookup, now_ms),
             lookup_s=looked_up - started,
             dense_s=dense_done - looked_up,
             source=lookup.source,
@@ -197,6 +199,16 @@ def _id_at(column: Column, index: int) -> Any:
     assert column.ids is not None
     value = column.ids[index]
     return value if isinstance(value, str) else int(value)
+
+
+def _slot_ages(lookup: Lookup, now_ms: int) -> dict[str, float]:
+    """Per slot, the oldest age (s since last update) among the rows this answer used; slots with none are left out."""
+    out = {}
+    for slot, got in lookup.slots.items():
+        seen = got.updated_at_ms[~got.unseen]
+        if seen.size:
+            out[slot] = (now_ms - int(seen.min())) / 1000.0
+    return out
 
 
 def _ages(lookup: Lookup, now_ms: int) -> tuple[float | None, float | None]:

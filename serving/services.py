@@ -27,6 +27,7 @@ from liverank.serving.model_slot import LiveModel, ModelSlot
 from liverank.serving.ranker import Ranker, RankResult
 from liverank.serving.request import Limits
 from liverank.serving.settings import LOOPBACK_HOSTS, Settings
+from liverank.serving.status_history import Observation, StatusHistory, read_samples
 from liverank.serving.writer import WriterConfig, WriterProcess
 from liverank.store import EmbeddingStore, Inbox
 from liverank.store.manifest import manifest_to_json
@@ -69,6 +70,7 @@ class Services:
     ranker: Ranker
     follower: Follower
     intake: DeltaIntake | LogIntake
+    history: StatusHistory
     started_at_ms: int
     replication: Replication | None = None  # replicated mode (--log): the shared log's parts in this process
 
@@ -144,11 +146,13 @@ class Services:
             ranker=Ranker(store, model_slot, limits),
             follower=follower,
             intake=DeltaIntake(store, inbox, metrics) if replication is None else replication.log_intake(),
+            history=StatusHistory(interval_s=settings.status_interval_s, capacity=settings.status_history_points),
             started_at_ms=time.time_ns() // 1_000_000,
             replication=replication,
         )
         services.note_live_bundle()
         follower.start()
+        services.history.start(services.observe)
         if replication is not None:
             replication.start()
         log.info(
@@ -160,6 +164,7 @@ class Services:
         return services
 
     def close(self) -> None:
+        self.history.stop()
         if self.replication is not None:
             self.replication.close()
         self.follower.stop()
@@ -271,6 +276,33 @@ class Services:
             "log": self.log_status(),
             "started_at_ms": self.started_at_ms,
         }
+
+    def status_page(self, since_ms: int = -1) -> dict[str, Any]:
+        """What the status page shows (no secrets, so no token): the epoch and bundles now, and the history ring's
+        samples taken after ``since_ms``."""
+        return {
+            "now_ms": time.time_ns() // 1_000_000,
+            "started_at_ms": self.started_at_ms,
+            "epoch": self.epoch(),
+            "ready": self.ready()[0],
+            "inbox_depth": self.inbox.depth(),
+            "bundles": self.bundles.history(),
+            # Filled in replicated mode (one entry per replica: name, lag_s, applied_seq); a single server has none.
+            "replicas": [],
+            "history": self.history.snapshot(since_ms),
+        }
+
+    def observe(self) -> Observation:
+        """One reading for the status page's history: the registry /metrics exports and the core's state."""
+        stats = self.store.stats()
+        return Observation(
+            t_ms=time.time_ns() // 1_000_000,
+            samples=read_samples(self.metrics.registry.collect()),
+            epoch=self.epoch(),
+            rows_by_slot=stats.rows_by_slot,
+            resident_rows_by_slot=stats.resident_rows_by_slot,
+            inbox_depth=self.inbox.depth(),
+        )
 
     def ready(self) -> tuple[bool, str]:
         if self.model_slot.live is None:

@@ -111,6 +111,10 @@ class Settings(BaseSettings):
         "threads only fight over the GIL and starve the follower",
     )
     bundle_history: int = Field(5, ge=2, description="bundles kept on disk for rollback")
+    status_interval_s: float = Field(2.0, gt=0, description="how often the status page's history is sampled")
+    status_history_points: int = Field(
+        900, ge=2, description="samples the status page's history keeps (900 at 2 s: the last 30 minutes)"
+    )
     gc_freeze: bool = Field(True, description="gc.freeze() after start-up: long-lived objects leave the GC's scans")
 
     @property

@@ -100,6 +100,7 @@ class Demo:
                 for delta in snapshot_deltas(builder, rows, created_at_ms=self.stream.now_ms):
                     client.push_delta(delta, wait_visible=True)
         self.console.print(f"serving: fresh on {servers['fresh'].url}, frozen on {servers['frozen'].url}")
+        self.console.print(f"status pages: {servers['fresh'].url}/status  {servers['frozen'].url}/status")
         try:
             return self._serve_and_learn(servers, builder_seq=builder.next_seq)
         finally:

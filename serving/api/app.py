@@ -19,28 +19,20 @@ from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from liverank.serving.api import routes_admin, routes_health, routes_rank
+from liverank.serving.api import routes_admin, routes_health, routes_oip, routes_rank, routes_status
 from liverank.serving.api.errors import install_error_handlers
 from liverank.serving.services import Services, check_settings
 from liverank.serving.settings import Settings
 
 log = logging.getLogger(__name__)
 
-_ROUTES = {
-    "/v1/rank",
-    "/v1/model",
-    "/admin/deltas",
-    "/admin/bundles",
-    "/admin/rollback",
-    "/admin/status",
-    "/healthz",
-    "/readyz",
-    "/metrics",
-}
-
 
 class _LatencyMiddleware:
-    """Request latency by route and status (pure ASGI: no per-request middleware objects)."""
+    """Request latency by route and status (pure ASGI: no per-request middleware objects).
+
+    The route label is the matched route's path template (``/v2/models/{name}/infer``, not the model's name), so
+    its values are bounded by the app's routes; a request that matched none counts as ``other``.
+    """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -61,10 +53,11 @@ class _LatencyMiddleware:
         try:
             await self.app(scope, receive, send_status)
         finally:
-            path = scope["path"]
             services = getattr(scope["app"].state, "services", None)
             if services is not None:
-                route = path if path in _ROUTES else "other"
+                # The router records the route it matched in the scope it was given (this one).
+                template = getattr(scope.get("route"), "path", None)
+                route = template if isinstance(template, str) else "other"
                 services.metrics.request_seconds.labels(route=route, status=str(status)).observe(
                     time.perf_counter() - started
                 )
@@ -96,10 +89,15 @@ def create_app(settings: Settings, *, services: Services | None = None) -> FastA
         summary="Ranking with models that learn while they serve",
         version="0.1.0",
         lifespan=lifespan,
+        # /docs and /redoc are served from packaged assets (routes_status), not from a CDN
+        docs_url=None,
+        redoc_url=None,
     )
     install_error_handlers(app)
     app.include_router(routes_rank.router)
     app.include_router(routes_admin.router)
     app.include_router(routes_health.router)
+    routes_status.install_pages(app)
+    app.include_router(routes_oip.router)
     app.add_middleware(_LatencyMiddleware)
     return app

@@ -51,6 +51,8 @@ STATUS_BY_CODE: dict[str, int] = {
     "empty_candidates": 422,
     "limit_exceeded": 422,
     "unknown_head": 422,
+    "invalid_inference_request": 422,
+    "model_not_found": 404,
     "body_too_large": 413,
     # auth
     "unauthorized": 401,
@@ -89,9 +91,14 @@ def error_response(status: int, code: str, detail: str, extra: dict[str, Any] | 
     return Response(orjson.dumps(body), status_code=status, media_type="application/json", headers=headers)
 
 
+def status_of(code: str) -> int:
+    """The HTTP status of a domain error code."""
+    return STATUS_BY_CODE.get(code, 400)
+
+
 def _domain_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StoreError | ServingError)
-    status = STATUS_BY_CODE.get(exc.code, 400)
+    status = status_of(exc.code)
     extra: dict[str, Any] = {}
     if isinstance(exc, SequenceGap):
         extra = {"producer": exc.producer, "expected_seq": exc.expected, "got_seq": exc.got}

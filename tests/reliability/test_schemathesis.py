@@ -38,9 +38,9 @@ CHECKS = [
     negative_data_rejection,
 ]
 MODES = [schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE]
-# The three operations with a body get this many cases each per mode and credentials (the six without parameters
-# one positive case each). Negative cases exist only for /v1/rank and /admin/deltas: any bytes are a valid bundle
-# archive as far as the document can say. 2 x (3 x 120 + 6) + 2 x (2 x 120) = 1,212 cases.
+# Operations with a body or path parameters get up to this many cases each per mode and credentials (those without
+# parameters one positive case each). Negative bodies exist only for /v1/rank, /admin/deltas and the OIP infer
+# routes: any bytes are a valid bundle archive as far as the document can say.
 EXAMPLES_PER_OPERATION = 120
 NOT_NEGATABLE = {"POST /admin/bundles", "POST /admin/rollback"}
 
@@ -78,6 +78,16 @@ def test_the_document_covers_every_route(schema: Any) -> None:
         "GET /healthz",
         "GET /readyz",
         "GET /metrics",
+        "GET /status/data",
+        "GET /v2",
+        "GET /v2/health/live",
+        "GET /v2/health/ready",
+        "GET /v2/models/{name}",
+        "GET /v2/models/{name}/versions/{model_version}",
+        "GET /v2/models/{name}/ready",
+        "GET /v2/models/{name}/versions/{model_version}/ready",
+        "POST /v2/models/{name}/infer",
+        "POST /v2/models/{name}/versions/{model_version}/infer",
     }
 
 

@@ -101,6 +101,14 @@ def server(tmp_path: Path, tiny_bundle: Path) -> Iterator[LiveServer]:
     live.stop()
 
 
+@pytest.fixture
+def fast_server(tmp_path: Path, tiny_bundle: Path) -> Iterator[LiveServer]:
+    """A server whose status-page history samples every 0.2 s."""
+    live = LiveServer(settings_for(tmp_path / "data", tiny_bundle, status_interval_s=0.2)).start()
+    yield live
+    live.stop()
+
+
 def manifest_of(server: LiveServer) -> Manifest:
     return server.services.model_slot.current().manifest
 

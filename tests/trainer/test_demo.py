@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import orjson
@@ -13,10 +14,13 @@ from liverank.trainer.demo import main
 
 
 @pytest.mark.slow
-def test_a_short_demo_run(tmp_path: Path) -> None:
+def test_a_short_demo_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "demo"
     code = main(["--duration-s", "30", "--sim-speed", "20", "--dense-sync-s", "15", "--seed", "3", "--out", str(out)])
     assert code == 0
+    # both servers' status pages are named on the terminal
+    printed = capsys.readouterr().out
+    assert re.search(r"status pages: http://127\.0\.0\.1:\d+/status\s+http://127\.0\.0\.1:\d+/status", printed), printed
     summary = orjson.loads((out / "summary.json").read_bytes())
     assert summary["deltas_pushed"] >= 4
     assert summary["rows_pushed"] > 1000
