@@ -334,6 +334,11 @@ class Services:
 def _connect_replication(settings: Settings) -> Replication | None:
     if settings.log is None:
         return None
-    from liverank.serving.replication.replica import Replication  # noqa: PLC0415 - the replication extra
-
+    try:
+        from liverank.serving.replication.replica import Replication  # noqa: PLC0415 - the replication extra
+    except ImportError as exc:
+        raise ConfigInvalid(
+            f"replicated mode (--log) needs the replication extra ({exc.name} is missing): "
+            "pip install 'liverank[replication]'"
+        ) from exc
     return Replication.connect(settings)
