@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -87,3 +88,37 @@ def test_a_malformed_log_url_is_refused_at_start(tmp_path: Path, bundle: Path) -
     with pytest.raises(RuntimeError, match="exited with 2"):
         bad.start(timeout_s=60)
     assert "log" in bad.log_path.read_text()
+
+
+def test_replicas_racing_on_one_producer_append_each_seq_once(
+    nats_single: NatsCluster, replicas: Callable[..., Replica]
+) -> None:
+    group = [replicas(name, nats_single.urls) for name in ("a", "b", "c")]
+    schema = schema_of(group[0])
+    for seq in range(1, 9):
+        body = small_delta(schema, seq)
+        barrier = threading.Barrier(len(group))
+        answers: list[tuple[int, str]] = []
+
+        def push(
+            replica: Replica,
+            body: bytes = body,
+            barrier: threading.Barrier = barrier,
+            answers: list[tuple[int, str]] = answers,
+        ) -> None:
+            with replica.client() as client:
+                barrier.wait()
+                answer = client.post("/admin/deltas", content=body)
+                answers.append((answer.status_code, answer.json()["status"]))
+
+        threads = [threading.Thread(target=push, args=(replica,)) for replica in group]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert sorted(answers) == [(200, "duplicate"), (200, "duplicate"), (202, "queued")], (seq, answers)
+    wait_for(lambda: all(r.checksum()["applied_seq"] == {"trainer": 8} for r in group), what="all at seq 8")
+    sums = [r.checksum() for r in group]
+    assert {s["log_position"] for s in sums} == {8}  # one record a seq: no append was doubled
+    assert {s["generation"] for s in sums} == {8}
+    assert len({s["rows_digest"] for s in sums}) == 1
