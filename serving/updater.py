@@ -128,6 +128,8 @@ class Updater:
                 log_position=entry.log_position,
             )
         except SchemaMismatch as exc:
+            if self._store.reload_schema():  # the server made a bundle of another schema live: look again
+                return self._apply(entry)
             if (entry.producer, entry.seq) not in self._waiting_schema:
                 self._waiting_schema.add((entry.producer, entry.seq))
                 self._fail("schema_mismatch")

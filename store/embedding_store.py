@@ -181,6 +181,19 @@ class EmbeddingStore:
             self._lmdb.set_schema_hash(schema_hash)
             self._schema_hash = schema_hash
 
+    def reload_schema(self) -> bool:
+        """Take the slots and schema another process bound (a writer process after the server made a bundle
+        live). True if they changed."""
+        with self._write_lock, self._lmdb.read() as txn:
+            schema_hash = self._lmdb.schema_hash(txn)
+            slots = self._lmdb.slot_table(txn)
+            if schema_hash == self._schema_hash and slots.keys() == self._slots.keys():
+                return False
+            self._slots = slots
+            self._schema_hash = schema_hash
+            self._tier.configure(self.slots)
+            return True
+
     def _warm(self) -> None:
         """Fill a fresh RAM tier from one LMDB snapshot, slot by slot, in chunks (bounded memory), then use it."""
         started = time.perf_counter()
