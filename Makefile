@@ -43,6 +43,8 @@ layers: $(STAMP)
 dockerlint: $(STAMP)
 	$(BIN)/hadolint Dockerfile
 
+# pytest includes tests/packaging: it builds the wheel (gcc and the Python headers compile the C kernel) and installs
+# it, with the train extra, into a fresh venv through pip's configured index and constraints.txt (about a minute).
 pytest: $(STAMP)
 	$(BIN)/pytest -q
 

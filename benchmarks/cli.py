@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeAlias
 
 _SUFFIXES = {"k": 1_000, "m": 1_000_000}
 
@@ -40,14 +42,35 @@ def _dists(text: str) -> tuple[str, ...]:
     return names
 
 
-def _add_store_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+if TYPE_CHECKING:  # argparse's action class is generic only to type checkers
+    _SubParsers: TypeAlias = argparse._SubParsersAction[argparse.ArgumentParser]
+
+
+def _benchmark_parser(subparsers: _SubParsers, name: str, *, help: str, description: str) -> argparse.ArgumentParser:
+    """One benchmark's subcommand with the options every benchmark shares: where the figures go, the seed and
+    distribution of the generated ids, the run directory, the Redis peer, progress lines. ``run(args)`` of
+    ``liverank.benchmarks.<name>_command`` runs it."""
     p = subparsers.add_parser(
+        name, help=help, description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    p.set_defaults(command_module=f"liverank.benchmarks.{name}_command")
+    p.add_argument("--json", type=Path, default=None, metavar="PATH", help="write the figures here")
+    p.add_argument("--zipf-s", type=float, default=1.1, help="Zipf exponent of popular ids")
+    p.add_argument("--seed", type=int, default=20_240_601, help="seed of every generator")
+    p.add_argument("--workdir", type=Path, default=None, help="where the run directory goes (default: temp)")
+    p.add_argument("--keep", action="store_true", help="keep the run directory (stores, logs, load results)")
+    p.add_argument("--redis-server", default=None, help="redis-server executable (default: from PATH)")
+    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    return p
+
+
+def _add_store_parser(subparsers: _SubParsers) -> None:
+    p = _benchmark_parser(
+        subparsers,
         "store",
         help="embedding store lookups, delta apply and open time against Redis, py-lmdb, numpy and a dict",
         description="Build stores of each size, then measure every peer side by side in one run.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--json", type=Path, default=None, metavar="PATH", help="write the figures here")
     p.add_argument("--markdown", type=Path, default=None, metavar="PATH", help="also write markdown tables here")
     p.add_argument("--sizes", type=_counts, default=(1_000_000, 10_000_000), help="table sizes (keys), comma list")
     p.add_argument("--batches", type=_counts, default=(1_000, 10_000), help="lookup batch sizes, comma list")
@@ -55,32 +78,35 @@ def _add_store_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPa
     p.add_argument("--repeats", type=_count, default=5, help="runs per figure (median, min, max)")
     p.add_argument("--keys-per-run", type=_count, default=300_000, help="keys each peer looks up per run")
     p.add_argument("--dim", type=_count, default=32, help="embedding dimension (float32)")
-    p.add_argument("--zipf-s", type=float, default=1.1, help="Zipf exponent of popular ids")
-    p.add_argument("--seed", type=int, default=20_240_601, help="seed of every generator")
     p.add_argument("--delta-rows", type=_count, default=10_000, help="rows per delta in the apply benchmark")
     p.add_argument("--new-id-fraction", type=float, default=0.05, help="share of never-seen ids in a delta")
     p.add_argument("--deltas-per-run", type=_count, default=10, help="deltas applied per apply run")
     p.add_argument("--build-delta-rows", type=_count, default=100_000, help="rows per delta when building")
     p.add_argument("--open-repeats", type=_count, default=3, help="reopens timed per size")
     p.add_argument("--idle-s", type=float, default=0.0, help="idle pause before first lookups (0: skip)")
-    p.add_argument("--workdir", type=Path, default=None, help="where the run directory goes (default: temp)")
-    p.add_argument("--keep", action="store_true", help="keep the run directory (stores, batches)")
-    p.add_argument("--redis-server", default=None, help="redis-server executable (default: from PATH)")
-    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
-    p.set_defaults(command_module="liverank.benchmarks.store_command")
 
 
-def _add_rank_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = subparsers.add_parser(
+def _default_workers() -> tuple[int, ...]:
+    cores = len(os.sched_getaffinity(0))
+    return (1,) if cores == 1 else (1, cores)
+
+
+def _add_rank_parser(subparsers: _SubParsers) -> None:
+    p = _benchmark_parser(
+        subparsers,
         "rank",
         help="W-500 ranking through liverank serve vs FastAPI + Redis MGET + ONNX Runtime; deltas and swaps under load",
         description="Fill both servers with the same rows, then measure ranking, live deltas and bundle swaps.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--json", type=Path, default=None, metavar="PATH", help="write the figures here")
     p.add_argument("--sizes", type=_counts, default=(1_000_000, 10_000_000), help="rows of the largest slots")
     p.add_argument("--dim", type=_count, default=32, help="embedding dimension (16 or 32, float32)")
     p.add_argument("--concurrency", type=_counts, default=(1, 4, 16), help="closed-loop clients, comma list")
+    p.add_argument(
+        "--workers",
+        type=_counts,
+        default=_default_workers(),
+        help="liverank serve --workers values, comma list: one server each, in turn (default: 1 and every core)",
+    )
     p.add_argument("--duration-s", type=float, default=20.0, help="measured seconds per point")
     p.add_argument("--warmup-s", type=float, default=2.0, help="unmeasured seconds before each point")
     p.add_argument("--repeats", type=_count, default=3, help="runs per figure (median, min, max)")
@@ -89,13 +115,13 @@ def _add_rank_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
     p.add_argument("--onnx-threads", type=_count, default=1, help="intra-op threads of both servers' ONNX sessions")
     p.add_argument("--fill-delta-rows", type=_count, default=250_000, help="rows per delta when filling the store")
     p.add_argument("--client", choices=["raw", "httpx"], default="raw", help="load generator's HTTP client")
-    p.add_argument("--zipf-s", type=float, default=1.1, help="Zipf exponent of popular ids")
-    p.add_argument("--seed", type=int, default=20_240_601, help="seed of every generator")
-    p.add_argument("--workdir", type=Path, default=None, help="where the run directory goes (default: temp)")
-    p.add_argument("--keep", action="store_true", help="keep the run directory (stores, logs, load results)")
-    p.add_argument("--redis-server", default=None, help="redis-server executable (default: from PATH)")
-    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
-    p.set_defaults(command_module="liverank.benchmarks.rank_command")
+
+
+def _add_profile_parser(subparsers: _SubParsers) -> None:
+    # Listed here for `liverank bench --help`; main() hands the rest of the command line to the module as it is.
+    subparsers.add_parser(
+        "profile", help="CPU per ranking stage, the numpy reference path beside the served one (`profile --help`)"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -103,10 +129,13 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="benchmark", metavar="<benchmark>", required=True)
     _add_store_parser(subparsers)
     _add_rank_parser(subparsers)
+    _add_profile_parser(subparsers)
     return parser
 
 
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["profile"]:  # its own options: liverank.benchmarks.rank_profile parses them
+        return int(importlib.import_module("liverank.benchmarks.rank_profile").main(argv[1:]))
     args = build_parser().parse_args(argv)
     # Imported only now: `liverank bench --help` and argument errors need none of the benchmark's dependencies.
     run: Callable[[argparse.Namespace], int] = importlib.import_module(args.command_module).run

@@ -25,17 +25,19 @@ import orjson
 from liverank.benchmarks.d10k import DeltaStream
 from liverank.benchmarks.load import ClientKind, LoadSpec, write_bodies
 from liverank.benchmarks.machine import machine_info
+from liverank.benchmarks.rank_ceiling import dense_inputs, measure_ceiling
 from liverank.benchmarks.rank_fill import fill_stores
 from liverank.benchmarks.rank_live import LiveSetup, deltas_under_load, swaps_under_load
-from liverank.benchmarks.rank_points import rank_points
+from liverank.benchmarks.rank_points import Runs, measure_points, summarize_points
 from liverank.benchmarks.rank_targets import evaluate_targets
 from liverank.benchmarks.redis_peer import RedisServer
-from liverank.benchmarks.servers import ServerProcess, baseline_server, liverank_server
+from liverank.benchmarks.servers import baseline_server, liverank_server, serve_has_workers_flag
 from liverank.benchmarks.steplog import StepLog
 from liverank.benchmarks.w500 import RequestMaker, W500Tables, make_tables, to_rows
 from liverank.benchmarks.workdir import run_dir
 from liverank.exporter.archive import archive_bundle
 from liverank.exporter.synthetic import build_synthetic_bundle
+from liverank.server_process import ServerProcess
 from liverank.serving.settings import Settings
 from liverank.store.manifest import Manifest
 
@@ -44,6 +46,7 @@ ADMIN_TOKEN = "bench-admin-token"
 _REPO = Path(__file__).resolve().parent.parent
 _EXTRA_PACKAGES = ("onnxruntime", "fastapi", "starlette", "uvicorn", "pydantic", "httpx", "orjson")
 _CHECKED_BODIES = 8
+_CEILING_BODIES = 64
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,7 @@ class RankBenchSettings:
     sizes: tuple[int, ...] = (1_000_000, 10_000_000)
     dim: int = 32
     concurrencies: tuple[int, ...] = (1, 4, 16)
+    workers: tuple[int, ...] = (1, 2)  # liverank serve --workers, one server per value in turn
     duration_s: float = 20.0
     warmup_s: float = 2.0
     repeats: int = 3
@@ -98,8 +102,9 @@ def server_settings(settings: RankBenchSettings) -> dict[str, Any]:
     fast_http = {name: importlib.util.find_spec(name) is not None for name in ("uvloop", "httptools")}
     return {
         "liverank": {
-            "command": "liverank serve (one uvicorn process)",
-            "workers": 1,
+            "command": "liverank serve --workers N (one server per N in turn; 'liverank' is the first)",
+            "workers": settings.workers[0],
+            "workers_list": list(settings.workers),
             "onnx_threads": settings.onnx_threads,
             "gc_freeze": defaults["gc_freeze"].default,
             "durability": defaults["durability"].default,
@@ -209,48 +214,115 @@ def _bench_size(
     finally:
         client.close()
     gc.collect()
-    live = liverank_server(size_dir / "data", bundles.live_dir, ADMIN_TOKEN, settings.onnx_threads, size_dir)
+    log("size %s: dense-only ceiling (ONNX Runtime alone on the server's exact inputs)", label)
+    bodies = bodies_liverank.read_bytes().split(b"\n")[: min(settings.bodies, _CEILING_BODIES)]
+    inputs = dense_inputs(size_dir / "data" / "store", bundles.live_dir, [b for b in bodies if b])
+    out["dense_ceiling"] = measure_ceiling(bundles.live_dir, inputs, settings.onnx_threads)
+    del inputs
+    log(
+        "size %s: ONNX Runtime %.2f CPU ms per request: ceiling %.0f rps on %d cores",
+        label,
+        out["dense_ceiling"]["onnx_cpu_ms_per_request"],
+        out["dense_ceiling"]["rps"] or 0.0,
+        out["dense_ceiling"]["cores"],
+    )
+    workers = _runnable_workers(settings.workers, log)
+    out["workers_skipped"] = [w for w in settings.workers if w not in workers]
+    names = {("liverank" if i == 0 else f"liverank_w{w}"): w for i, w in enumerate(workers)}
+    pass_flag = serve_has_workers_flag()
     base = baseline_server(bundles.live_dir, redis_server.port, settings.onnx_threads, size_dir)
-    with live, base:
-        log("size %s: starting liverank serve (RAM tier warm-up) and the baseline", label)
-        live.start(settings.ready_timeout_s)
-        base.start(settings.ready_timeout_s)
-        out["startup_s"] = {"liverank": live.startup_s, "baseline": base.startup_s}
-        out["server_rss_bytes_at_start"] = {"liverank": live.rss_bytes(), "baseline": base.rss_bytes()}
-        out["answers"] = check_answers(live, base, bodies_liverank, bodies_baseline)
-        log("size %s: both servers up; top-k agreement %.3f", label, out["answers"]["top_k_overlap"])
-        specs = {
-            name: LoadSpec(server.port, path, bodies, 1, settings.duration_s, settings.warmup_s, client=settings.client)
-            for name, server, path, bodies in (
-                ("liverank", live, "/v1/rank", bodies_liverank),
-                ("baseline", base, "/rank", bodies_baseline),
-            )
-        }
-        out["rank"] = rank_points(specs, {"liverank": live, "baseline": base}, redis_server, settings, size_dir, log)
-        with httpx.Client(
-            base_url=live.base_url, headers={"authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=120.0
-        ) as admin:
-            setup = LiveSetup(
-                live.port,
-                admin,
-                bodies_liverank,
-                settings.live_concurrency,
-                settings.duration_s,
-                settings.warmup_s,
-                settings.repeats,
+    runs: Runs = {}
+    out["startup_s"], out["server_rss_bytes_at_start"] = {}, {}
+    with base:
+        base.start(timeout_s=settings.ready_timeout_s)
+        out["startup_s"]["baseline"] = base.startup_s
+        out["server_rss_bytes_at_start"]["baseline"] = base.rss_bytes()
+        for i, (name, n_workers) in enumerate(names.items()):
+            # One liverank server at a time: they share the data directory (one writer per store).
+            live = liverank_server(
+                size_dir / "data",
+                bundles.live_dir,
+                ADMIN_TOKEN,
+                settings.onnx_threads,
                 size_dir,
-                settings.client,
+                workers=n_workers if pass_flag else None,
             )
-            log("size %s: D-10k deltas under ranking load (concurrency %d)", label, settings.live_concurrency)
-            out["deltas"] = deltas_under_load(setup, DeltaStream(tables, settings.dim, manifest.schema_hash), log)
-            log("size %s: bundle swaps under ranking load", label)
-            out["swap"] = swaps_under_load(setup, bundles.swaps, log)
-            out["server_rss_bytes_at_end"] = {"liverank": live.rss_bytes(), "baseline": base.rss_bytes()}
+            with live:
+                log("size %s: starting liverank serve with %d worker(s) (RAM tier warm-up)", label, n_workers)
+                live.start(timeout_s=settings.ready_timeout_s)
+                out["startup_s"][name] = live.startup_s
+                out["server_rss_bytes_at_start"][name] = live.rss_bytes()
+                if i == 0:
+                    out["answers"] = check_answers(live, base, bodies_liverank, bodies_baseline)
+                    log("size %s: servers up; top-k agreement %.3f", label, out["answers"]["top_k_overlap"])
+                specs = {
+                    peer: LoadSpec(
+                        server.port,
+                        path,
+                        peer_bodies,
+                        1,
+                        settings.duration_s,
+                        settings.warmup_s,
+                        client=settings.client,
+                    )
+                    for peer, server, path, peer_bodies in (
+                        (name, live, "/v1/rank", bodies_liverank),
+                        ("baseline", base, "/rank", bodies_baseline),
+                    )
+                }
+                measure_points(specs, {name: live, "baseline": base}, redis_server, settings, size_dir, log, runs)
+                if i == len(names) - 1:
+                    out["live_workers"] = n_workers
+                    _live_phases(out, live, settings, tables, manifest, bodies_liverank, bundles, size_dir, label, log)
+                    out["server_rss_bytes_at_end"] = {name: live.rss_bytes(), "baseline": base.rss_bytes()}
+    out["rank"] = summarize_points(runs, settings.concurrencies, names, out["dense_ceiling"]["rps"])
     out["loadavg_at_end"] = _loadavg()
     out["targets"] = evaluate_targets(out)
     if not settings.keep:
         shutil.rmtree(size_dir / "data", ignore_errors=True)
     return out
+
+
+def _runnable_workers(requested: tuple[int, ...], log: StepLog) -> tuple[int, ...]:
+    """The worker counts this ``liverank serve`` can run: all of them if it has ``--workers``, else only 1."""
+    if serve_has_workers_flag():
+        return requested
+    runnable = tuple(w for w in requested if w == 1) or (1,)
+    skipped = [w for w in requested if w != 1]
+    if skipped:
+        log("liverank serve has no --workers flag: skipping worker counts %s", skipped)
+    return runnable
+
+
+def _live_phases(
+    out: dict[str, Any],
+    live: ServerProcess,
+    settings: RankBenchSettings,
+    tables: W500Tables,
+    manifest: Manifest,
+    bodies: Path,
+    bundles: Bundles,
+    size_dir: Path,
+    label: str,
+    log: StepLog,
+) -> None:
+    """D-10k deltas, then bundle swaps, under ranking load, on ``live``."""
+    with httpx.Client(base_url=live.url, headers={"authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=120.0) as admin:
+        setup = LiveSetup(
+            live.port,
+            admin,
+            bodies,
+            settings.live_concurrency,
+            settings.duration_s,
+            settings.warmup_s,
+            settings.repeats,
+            size_dir,
+            settings.client,
+        )
+        log("size %s: D-10k deltas under ranking load (concurrency %d)", label, settings.live_concurrency)
+        out["deltas"] = deltas_under_load(setup, DeltaStream(tables, settings.dim, manifest.schema_hash), log)
+        log("size %s: bundle swaps under ranking load", label)
+        out["swap"] = swaps_under_load(setup, bundles.swaps, log)
 
 
 def _loadavg() -> list[float]:
@@ -266,8 +338,8 @@ def check_answers(live: ServerProcess, base: ServerProcess, liverank: Path, base
     same_order = 0
     with httpx.Client(timeout=60.0) as client:
         for a, b in zip(live_bodies, base_bodies, strict=True):
-            got_live = client.post(f"{live.base_url}/v1/rank", content=a, headers={"content-type": "application/json"})
-            got_base = client.post(f"{base.base_url}/rank", content=b, headers={"content-type": "application/json"})
+            got_live = client.post(f"{live.url}/v1/rank", content=a, headers={"content-type": "application/json"})
+            got_base = client.post(f"{base.url}/rank", content=b, headers={"content-type": "application/json"})
             if got_live.status_code != 200 or got_base.status_code != 200:
                 raise RuntimeError(
                     f"a check request failed: liverank {got_live.status_code} {got_live.text[:300]}, "

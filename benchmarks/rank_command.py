@@ -28,6 +28,7 @@ def run(args: argparse.Namespace) -> int:
         sizes=args.sizes,
         dim=args.dim,
         concurrencies=args.concurrency,
+        workers=args.workers,
         duration_s=args.duration_s,
         warmup_s=args.warmup_s,
         repeats=args.repeats,

@@ -3,10 +3,14 @@
 Fills a store (directly, as the rank benchmark does), opens the server's ``Services`` exactly as ``liverank serve``
 does (RAM tier warm-up, bundle, ranker), then runs requests through the same steps as ``rank_json`` and
 ``Ranker.rank_parsed``, timing each stage: JSON decode, request parsing, lookup planning, store lookup, input
-assembly, ONNX, blend + top-k, answer building, response JSON. The stages call the serving functions themselves;
-their sum is checked against timing ``rank_json`` whole. A cProfile listing of ``rank_json`` follows.
+assembly, ONNX, blend + top-k, answer building, response JSON. Two paths, alternating request by request on the
+same bodies: "after" calls the serving functions themselves, "before" the path as it was before issue 11
+(``rank_reference``: numpy id conversion, a Python boolean scan, reduceat pooling, per-item answer objects). The
+"before" parse stage leaves out the request validation (names, lengths, limits: tens of microseconds), so the gain
+it shows is a lower bound.
+``rank_json`` is also timed whole (with its metrics), and a cProfile listing of it follows.
 
-Run: ``python -m liverank.benchmarks.rank_profile --size 1M [--json PATH]``.
+Run: ``liverank bench profile --size 1000000 [--json PATH]``.
 """
 
 from __future__ import annotations
@@ -27,31 +31,25 @@ from typing import Any
 import numpy as np
 import orjson
 
+from liverank.benchmarks import rank_reference
 from liverank.benchmarks.rank_fill import fill_stores
 from liverank.benchmarks.steplog import StepLog
 from liverank.benchmarks.w500 import RequestMaker, make_tables
 from liverank.exporter.synthetic import build_synthetic_bundle
 from liverank.serving.api.routes_rank import rank_json
-from liverank.serving.ranker import (
-    RankedItem,
-    RankResult,
-    _ages,
-    _assemble,
-    _id_at,
-    _item_id_column,
-    _plan_lookups,
-    _slot_ages,
-    _top_k,
-)
+from liverank.serving.ranker import RankResult, _ages, _assemble, _plan_lookups, _top_ids, _top_k, blend
 from liverank.serving.request import parse_rank_request
 from liverank.serving.services import Services
 from liverank.serving.settings import Settings
+from liverank.store import Lookup
 
 STAGES = ("json_decode", "parse", "plan", "lookup", "assemble", "onnx", "blend_topk", "answer", "json_encode")
+PATHS = ("before", "after")
+Clock = Callable[[], float]
 
 
-def _staged(services: Services, body: bytes, clock: Callable[[], float]) -> dict[str, float]:
-    """One request through the stages of ``rank_json`` (minus metrics), seconds per stage."""
+def _staged_after(services: Services, body: bytes, clock: Clock) -> list[float]:
+    """One request through the serving path's stages (``rank_json`` minus metrics); clock readings."""
     t: list[float] = [clock()]
     doc = orjson.loads(body)
     t.append(clock())
@@ -68,24 +66,15 @@ def _staged(services: Services, body: bytes, clock: Callable[[], float]) -> dict
     t.append(clock())
     heads = live.runner.run(user, candidates)
     t.append(clock())
-    score = np.zeros(request.n_candidates, dtype=np.float32)
-    for head, weight in request.blend.items():
-        score += np.float32(weight) * heads[head]
+    score = blend(request, heads)
     top = _top_k(score, request.k)
     t.append(clock())
-    id_column = _item_id_column(request)
-    items = [
-        RankedItem(
-            index=int(i),
-            id=None if id_column is None else _id_at(id_column, int(i)),
-            score=float(score[i]),
-            heads={name: float(values[i]) for name, values in heads.items()},
-        )
-        for i in top
-    ]
-    age_max, age_median = _ages(lookup, now_ms)
-    result = RankResult(
-        items=items,
+    age_max, age_median, age_by_slot = _ages(lookup, now_ms)
+    doc_out = RankResult(
+        top=top,
+        scores=score[top],
+        heads={name: values[top] for name, values in heads.items()},
+        ids=_top_ids(request, top),
         dense_version=live.version,
         sparse_seq=lookup.applied_seq,
         generation=lookup.generation,
@@ -93,39 +82,95 @@ def _staged(services: Services, body: bytes, clock: Callable[[], float]) -> dict
         ids_by_slot={slot: len(got.unseen) for slot, got in lookup.slots.items()},
         embedding_age_max_s=age_max,
         embedding_age_median_s=age_median,
-        embedding_age_max_s_by_slot=_slot_ages(lookup, now_ms),
+        embedding_age_max_s_by_slot=age_by_slot,
         lookup_s=0.0,
         dense_s=0.0,
+        dense_cpu_s=0.0,
         source=lookup.source,
+    ).to_json()
+    t.append(clock())
+    orjson.dumps(doc_out)
+    t.append(clock())
+    return t
+
+
+def _staged_before(services: Services, body: bytes, clock: Clock) -> list[float]:
+    """The same request through the path as it was before issue 11 (``rank_reference``); clock readings."""
+    t: list[float] = [clock()]
+    doc = orjson.loads(body)
+    t.append(clock())
+    live = services.model_slot.current()
+    request = rank_reference.parse(doc, live.manifest)  # conversion only: the old validation is not timed
+    t.append(clock())
+    segments, per_slot = _plan_lookups(request)
+    t.append(clock())
+    now_ms = time.time_ns() // 1_000_000
+    lookup = services.store.lookup_many(per_slot, now_ms=now_ms)
+    t.append(clock())
+    user = rank_reference.assemble(live.manifest, "user", request.user, segments, lookup, 1)
+    candidates = rank_reference.assemble(
+        live.manifest, "candidate", request.candidates, segments, lookup, request.n_candidates
     )
     t.append(clock())
-    orjson.dumps(result.to_json())
+    heads = live.runner.run(user, candidates)
     t.append(clock())
-    return {stage: t[i + 1] - t[i] for i, stage in enumerate(STAGES)}
+    score = blend(request, heads)
+    top = _top_k(score, request.k)
+    t.append(clock())
+    _ages_before(lookup, now_ms)
+    doc_out = rank_reference.answer(live, request, lookup, score, heads, top)
+    t.append(clock())
+    orjson.dumps(doc_out)
+    t.append(clock())
+    return t
+
+
+def _ages_before(lookup: Lookup, now_ms: int) -> None:
+    """The answer's ages as the serving path computed them before: per slot, then over all slots."""
+    for got in lookup.slots.values():
+        seen = got.updated_at_ms[~got.unseen]
+        if seen.size:
+            (now_ms - int(seen.min())) / 1000.0
+    times = [got.updated_at_ms[~got.unseen] for got in lookup.slots.values()]
+    ages_s = (now_ms - np.concatenate(times)) / 1000.0
+    float(ages_s.max()), float(np.median(ages_s))
+
+
+_PATHS: dict[str, Callable[[Services, bytes, Clock], list[float]]] = {
+    "before": _staged_before,
+    "after": _staged_after,
+}
 
 
 def profile(services: Services, bodies: list[bytes], rounds: int) -> dict[str, Any]:
+    """Both paths on the same requests, alternating request by request: median wall and thread-CPU time per
+    stage (thread CPU: ONNX Runtime with one intra-op thread runs on the calling thread; robust to contention)."""
     for body in bodies[:20]:  # warm caches and ONNX Runtime's arenas
         rank_json(services, body)
-    per_stage: dict[str, list[float]] = {stage: [] for stage in STAGES}
-    cpu_stage: dict[str, list[float]] = {stage: [] for stage in STAGES}
+        _staged_before(services, body, time.perf_counter)
+    wall: dict[str, dict[str, list[float]]] = {path: {stage: [] for stage in STAGES} for path in PATHS}
+    cpu: dict[str, dict[str, list[float]]] = {path: {stage: [] for stage in STAGES} for path in PATHS}
     whole: list[float] = []
     cpu_whole: list[float] = []
     for i in range(rounds):
         body = bodies[i % len(bodies)]
-        for stage, seconds in _staged(services, body, time.perf_counter).items():
-            per_stage[stage].append(seconds)
-        # Thread CPU time (ONNX Runtime with one intra-op thread runs on the calling thread): robust to contention.
-        for stage, seconds in _staged(services, body, time.thread_time).items():
-            cpu_stage[stage].append(seconds)
+        for path, staged in _PATHS.items():
+            for clock, into in ((time.perf_counter, wall[path]), (time.thread_time, cpu[path])):
+                t = staged(services, body, clock)
+                for j, stage in enumerate(STAGES):
+                    into[stage].append(t[j + 1] - t[j])
         t0, c0 = time.perf_counter(), time.thread_time()
         rank_json(services, body)
         whole.append(time.perf_counter() - t0)
         cpu_whole.append(time.thread_time() - c0)
-    medians_us = {stage: statistics.median(v) * 1e6 for stage, v in per_stage.items()}
-    cpu_medians_us = {stage: statistics.median(v) * 1e6 for stage, v in cpu_stage.items()}
-    means_us = {stage: statistics.fmean(v) * 1e6 for stage, v in per_stage.items()}
-    total_mean = sum(means_us.values())
+    result: dict[str, Any] = {"rounds": rounds}
+    for path in PATHS:
+        cpu_us = {stage: statistics.median(v) * 1e6 for stage, v in cpu[path].items()}
+        result[path] = {
+            "stage_median_us": {stage: statistics.median(v) * 1e6 for stage, v in wall[path].items()},
+            "stage_thread_cpu_median_us": cpu_us,
+            "thread_cpu_outside_onnx_us": sum(v for stage, v in cpu_us.items() if stage != "onnx"),
+        }
     profiler = cProfile.Profile()
     profiler.enable()
     for i in range(min(rounds, 100)):
@@ -133,22 +178,17 @@ def profile(services: Services, bodies: list[bytes], rounds: int) -> dict[str, A
     profiler.disable()
     listing = io.StringIO()
     pstats.Stats(profiler, stream=listing).sort_stats("tottime").print_stats(18)
-    return {
-        "rounds": rounds,
-        "stage_median_us": medians_us,
-        "stage_mean_us": means_us,
-        "stage_thread_cpu_median_us": cpu_medians_us,
-        "stage_share_of_mean": {stage: means_us[stage] / total_mean for stage in STAGES},
-        "sum_of_stage_means_us": total_mean,
-        "rank_json_median_us": statistics.median(whole) * 1e6,
-        "rank_json_p99_us": float(np.percentile(whole, 99)) * 1e6,
-        "rank_json_thread_cpu_median_us": statistics.median(cpu_whole) * 1e6,
-        "cprofile_tottime_top": listing.getvalue(),
-    }
+    result.update(
+        rank_json_median_us=statistics.median(whole) * 1e6,
+        rank_json_p99_us=float(np.percentile(whole, 99)) * 1e6,
+        rank_json_thread_cpu_median_us=statistics.median(cpu_whole) * 1e6,
+        cprofile_tottime_top=listing.getvalue(),
+    )
+    return result
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="python -m liverank.benchmarks.rank_profile", description=__doc__)
+    p = argparse.ArgumentParser(prog="liverank bench profile", description=__doc__)
     p.add_argument("--size", type=int, default=1_000_000, help="rows of the largest slots")
     p.add_argument("--dim", type=int, default=32)
     p.add_argument("--rounds", type=int, default=300)
@@ -186,16 +226,17 @@ def main(argv: list[str]) -> int:
     finally:
         shutil.rmtree(root, ignore_errors=True)
     result.update(size=args.size, dim=args.dim, onnx_threads=args.onnx_threads)
+    before, after = result["before"], result["after"]
+    print(f"{'stage':<12} {'before CPU us':>14} {'after CPU us':>13} {'before wall us':>15} {'after wall us':>14}")
     for stage in STAGES:
-        median_us, mean_us = result["stage_median_us"][stage], result["stage_mean_us"][stage]
-        share = 100 * result["stage_share_of_mean"][stage]
-        cpu_us = result["stage_thread_cpu_median_us"][stage]
         print(
-            f"{stage:<12} median {median_us:8.1f} us  mean {mean_us:8.1f} us  {share:5.1f} %  "
-            f"CPU median {cpu_us:8.1f} us"
+            f"{stage:<12} {before['stage_thread_cpu_median_us'][stage]:14.1f} "
+            f"{after['stage_thread_cpu_median_us'][stage]:13.1f} {before['stage_median_us'][stage]:15.1f} "
+            f"{after['stage_median_us'][stage]:14.1f}"
         )
     print(
-        f"sum of stage means {result['sum_of_stage_means_us']:.0f} us; rank_json whole: median "
+        f"CPU outside ONNX (sum of stage medians): before {before['thread_cpu_outside_onnx_us']:.0f} us, "
+        f"after {after['thread_cpu_outside_onnx_us']:.0f} us; rank_json whole (serving path, with metrics): median "
         f"{result['rank_json_median_us']:.0f} us, p99 {result['rank_json_p99_us']:.0f} us, thread CPU "
         f"{result['rank_json_thread_cpu_median_us']:.0f} us"
     )

@@ -7,7 +7,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from liverank.benchmarks.rank_targets import evaluate_targets
+from liverank.benchmarks.rank_targets import evaluate_targets, liverank_peers
 
 
 def _num(value: float | None) -> str:
@@ -37,6 +37,7 @@ def header_lines(result: dict[str, Any]) -> list[str]:
     git = m["git"]
     commit = (git["commit"] or "unknown")[:12] + (" (dirty)" if git.get("dirty") else "")
     live, base = result["server_settings"]["liverank"], result["server_settings"]["baseline"]
+    workers = ", ".join(str(w) for w in live.get("workers_list", [live["workers"]]))
     return [
         f"date {m['date']} · {m['cpu_model']} · {m['cores']} cores · kernel {m['kernel']} · commit {commit} · "
         f"seed {result['seed']}",
@@ -44,47 +45,63 @@ def header_lines(result: dict[str, Any]) -> list[str]:
         f"{v.get('uvicorn')} · pydantic {v.get('pydantic')} · redis-server {m.get('redis_server')}",
         f"W-500, dim {s['dim']} float32 · {s['repeats']} repeats of {s['duration_s']:g} s (+{s['warmup_s']:g} s "
         f"warm-up) per point, median (min–max) · {s['bodies']} distinct request bodies",
-        f"liverank: {live['workers']} worker, ONNX threads {live['onnx_threads']}, gc.freeze {live['gc_freeze']}, "
+        f"liverank: --workers {workers}, ONNX threads {live['onnx_threads']}, gc.freeze {live['gc_freeze']}, "
         f"durability {live['durability']} · baseline: {base['workers']} worker, ONNX threads "
         f"{base['onnx_threads']}, gc.freeze {base['gc_freeze']}",
-        "NOTE: the load generator is a separate process on the SAME 2 cores: it competes with the server for CPU "
+        f"NOTE: the load generator is a separate process on the SAME {m['cores']} cores: it competes with the server "
+        "for CPU "
         "(its share is the 'client' column); 'cores all' is the whole machine's busy CPU during the point (server + "
-        "client + Redis + any other process); 'r' is Redis; CPU ms/req is the server's CPU time per request (the "
-        "figure contention distorts least).",
+        "client + Redis + any other process); 'r' is Redis; CPU ms/req is the server's CPU time per request, all its "
+        "processes (workers + writer) from /proc (the figure contention distorts least); ONNX ms/req is the server's "
+        "liverank_onnx_cpu_seconds_total per request, outside ms/req the rest.",
     ]
 
 
 def _rank_table(size: dict[str, Any]) -> Table:
+    ceiling = size.get("dense_ceiling") or {}
     title = (
         f"Ranking W-500, largest slots {size['largest_slot_rows']:,} rows ({size['rows_total']:,} rows in all): "
-        "latency ms, throughput rps; l/b = liverank/baseline"
+        f"latency ms, throughput rps; l/b = liverank/baseline; dense-only ceiling {_num(ceiling.get('rps'))} rps "
+        f"({ceiling.get('cores')} cores / {_num(ceiling.get('onnx_cpu_ms_per_request'))} ONNX Runtime CPU ms per "
+        "request, measured in this run)"
     )
+    if size.get("workers_skipped"):
+        skipped = ", ".join(str(w) for w in size["workers_skipped"])
+        title += f"; NOT measured: --workers {skipped} (this liverank serve has no --workers flag)"
     table = Table(title=title, title_justify="left")
-    for header in ("c", "liverank p50", "liverank p99", "liverank rps", "baseline p50", "baseline p99"):
+    for header in ("c", "server", "workers", "p50", "p99", "rps", "rps l/b", "of ceiling", "CPU ms/req"):
         table.add_column(header, justify="right")
-    for header in ("baseline rps", "rps l/b", "p99 l/b", "CPU ms/req l/b", "cores srv l/b", "cores client"):
-        table.add_column(header, justify="right")
-    for header in ("cores all", "failed"):
+    for header in ("ONNX ms/req", "outside ms/req", "cores srv", "cores client", "cores all", "failed"):
         table.add_column(header, justify="right")
     for e in size["rank"]:
-        live, base, ratios = e["liverank"], e["baseline"], e["ratios_liverank_over_baseline"]
-        table.add_row(
-            str(e["concurrency"]),
-            _spread(live["p50_ms"]),
-            _spread(live["p99_ms"]),
-            _spread(live["rps"]),
-            _spread(base["p50_ms"]),
-            _spread(base["p99_ms"]),
-            _spread(base["rps"]),
-            _ratio(ratios["rps"]),
-            _ratio(ratios["p99_ms"]),
-            f"{_num(live['server_cpu_ms_per_request']['median'])}/{_num(base['server_cpu_ms_per_request']['median'])}"
-            f"+{_num(base['redis_cpu_ms_per_request']['median'])}r",
-            f"{live['server_cpu_cores']:.2f}/{base['server_cpu_cores']:.2f}+{base.get('redis_cpu_cores', 0):.2f}r",
-            f"{live['client_cpu_cores']:.2f}/{base['client_cpu_cores']:.2f}",
-            f"{live['machine_busy_cores']:.2f}/{base['machine_busy_cores']:.2f}",
-            f"{live['failed']}/{base['failed']}",
-        )
+        base = e["baseline"]
+        for name in [*liverank_peers(e), "baseline"]:
+            f = e[name]
+            is_base = name == "baseline"
+            cpu = _num(f["server_cpu_ms_per_request"]["median"])
+            cores = f"{f['server_cpu_cores']:.2f}"
+            if is_base:
+                cpu += f"+{_num(f['redis_cpu_ms_per_request']['median'])}r"
+                cores += f"+{f.get('redis_cpu_cores', 0):.2f}r"
+            rps_ratio = None if is_base or not base["rps"]["median"] else f["rps"]["median"] / base["rps"]["median"]
+            onnx, outside = f.get("onnx_cpu_ms_per_request"), f.get("cpu_ms_outside_onnx_per_request")
+            table.add_row(
+                str(e["concurrency"]),
+                name,
+                str(f.get("workers", 1)),
+                _spread(f["p50_ms"]),
+                _spread(f["p99_ms"]),
+                _spread(f["rps"]),
+                _ratio(rps_ratio),
+                _ratio(f.get("rps_over_dense_ceiling")),
+                cpu,
+                "—" if onnx is None else _num(onnx["median"]),
+                "—" if outside is None else _num(outside["median"]),
+                cores,
+                f"{f['client_cpu_cores']:.2f}",
+                f"{f['machine_busy_cores']:.2f}",
+                str(f["failed"]),
+            )
     return table
 
 

@@ -22,17 +22,16 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any
+
+from liverank.server_process import ServerNotStarted, ServerProcess, serve_command, wait_ready
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 MAP_SIZE_BYTES = 4 * 1024**3
@@ -49,30 +48,6 @@ def liverank_command() -> list[str]:
     return [found]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def wait_ready(url: str, timeout_s: float, process: subprocess.Popen[bytes] | None = None) -> None:
-    """Poll GET /readyz until it answers 200; raise if the server process ends or the time runs out."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/readyz", timeout=2) as resp:
-                if resp.status == 200:
-                    return
-        except (urllib.error.URLError, OSError):
-            pass
-        if process is not None and process.poll() is not None:
-            raise RuntimeError(f"the liverank server exited with code {process.returncode} before it was ready")
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{url} was not ready after {timeout_s:.0f} s")
-        time.sleep(0.2)
-
-
 class LocalServer:
     """A liverank server of the load test's own: temp data dir, synthetic bundles, random admin token."""
 
@@ -82,8 +57,11 @@ class LocalServer:
         self.token = secrets.token_urlsafe(24)
         self.workdir = Path(tempfile.mkdtemp(prefix="liverank-loadtest-"))
         self.archives: list[Path] = []
-        self.url = ""
-        self.process: subprocess.Popen[bytes] | None = None
+        self.server: ServerProcess | None = None
+
+    @property
+    def url(self) -> str:
+        return "" if self.server is None else self.server.url
 
     def _export(self, version: str, seed: int) -> Path:
         bundle = self.workdir / f"bundle-v{version}"
@@ -100,36 +78,23 @@ class LocalServer:
             archive = bundle.with_suffix(".tar.gz")
             self._liverank("export", "archive", "--bundle", str(bundle), "--out", str(archive))
             self.archives.append(archive)
-        port = free_port()
-        self.url = f"http://127.0.0.1:{port}"
-        data_dir = self.workdir / "data"
-        command = [*liverank_command(), "serve", "--data-dir", str(data_dir), "--bundle", str(live)]
-        command += ["--host", "127.0.0.1", "--port", str(port), "--map-size-bytes", str(MAP_SIZE_BYTES)]
+        args = ["--host", "127.0.0.1", "--map-size-bytes", str(MAP_SIZE_BYTES)]
+        command = serve_command(self.workdir / "data", live, args, launcher=liverank_command())
         env = {**os.environ, "LIVERANK_ADMIN_TOKEN": self.token}
-        with self.log_path.open("ab") as log_file:
-            self.process = subprocess.Popen(command, env=env, stdout=log_file, stderr=subprocess.STDOUT)
-        wait_ready(self.url, READY_TIMEOUT_S, self.process)
+        self.server = ServerProcess(command, log_path=self.log_path, env=env)
+        self.server.start(timeout_s=READY_TIMEOUT_S)
         return self
 
     @property
     def pid(self) -> int | None:
-        return None if self.process is None else self.process.pid
+        return None if self.server is None else self.server.pid
 
     def rss_bytes(self, field: str = "VmRSS") -> int | None:
-        return process_rss_bytes(self.pid, field) if self.pid is not None else None
+        return None if self.server is None else self.server.rss_bytes(field)
 
     def stop(self) -> int | None:
         """Stop the server (SIGTERM, as a container runtime would; SIGKILL after 30 s). Its exit code."""
-        code = None
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                code = self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                code = self.process.wait()
-        elif self.process is not None:
-            code = self.process.returncode
+        code = None if self.server is None else self.server.stop()
         shutil.rmtree(self.workdir, ignore_errors=True)
         # uvicorn shuts down gracefully on SIGTERM, then re-raises it: -SIGTERM is the clean exit here.
         return 0 if code == -signal.SIGTERM else code
@@ -143,18 +108,6 @@ class LocalServer:
 
     def __exit__(self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None) -> None:
         self.stop()
-
-
-def process_rss_bytes(pid: int, field: str = "VmRSS") -> int | None:
-    """A memory figure of /proc/<pid>/status (``VmRSS``; ``RssAnon`` leaves out mapped files such as LMDB's), in
-    bytes; None if the process is gone or the field unreadable."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(f"{field}:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
 
 
 @dataclass
@@ -307,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
             print("loadtest: LIVERANK_ADMIN_TOKEN is not set: ranking users only (no deltas, no bundle swaps)")
         print(f"loadtest: {url}, results in {results}", flush=True)
         code = locust_run(config, url, results, env)
-    except (RuntimeError, OSError, subprocess.CalledProcessError) as exc:
+    except (ServerNotStarted, RuntimeError, OSError, subprocess.CalledProcessError) as exc:
         print(f"loadtest: cannot start: {exc} (server log: {results / 'server.log'})", file=sys.stderr)
         return 2
     finally:

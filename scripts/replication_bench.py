@@ -33,7 +33,7 @@ from liverank.benchmarks.machine import machine_info  # noqa: E402
 from liverank.exporter.synthetic import build_synthetic_bundle  # noqa: E402
 from liverank.serving.replication.local_nats import NatsCluster  # noqa: E402
 from liverank.store import SlotDelta, SparseDelta, encode_delta  # noqa: E402
-from liverank.trainer.servers import ServerProcess  # noqa: E402
+from liverank.trainer.servers import LiverankServer  # noqa: E402
 
 PRODUCER = "bench-d10k"
 SHARES = {"item_id": 0.7, "author_id": 0.2, "tags": 0.1}
@@ -67,7 +67,7 @@ def rank_body(rng: np.random.Generator, n: int = 200) -> dict[str, Any]:
 class EpochPoller(threading.Thread):
     """Records when a replica first serves each seq of the producer."""
 
-    def __init__(self, server: ServerProcess, interval_s: float, stop: threading.Event) -> None:
+    def __init__(self, server: LiverankServer, interval_s: float, stop: threading.Event) -> None:
         super().__init__(daemon=True)
         self.server, self.interval_s, self.stop = server, interval_s, stop
         self.first_seen: dict[int, float] = {}
@@ -87,7 +87,7 @@ class EpochPoller(threading.Thread):
                 time.sleep(self.interval_s)
 
 
-def rank_load(servers: list[ServerProcess], stop: threading.Event, counts: list[int], seed: int) -> None:
+def rank_load(servers: list[LiverankServer], stop: threading.Event, counts: list[int], seed: int) -> None:
     rng = np.random.default_rng(seed)
     clients = [httpx.Client(base_url=s.url, timeout=30) for s in servers]
     i = 0
@@ -130,9 +130,10 @@ def main() -> int:
                     env = {"LIVERANK_ADMIN_TOKEN": token}
                     if not args.standalone:
                         env.update({"LIVERANK_LOG": nats.urls, "LIVERANK_STREAM_REPLICAS": "3"})
-                    server = ServerProcess(f"r{i + 1}", root / f"r{i + 1}", bundle, root, extra_env=env)
+                    server = LiverankServer(f"r{i + 1}", root / f"r{i + 1}", bundle, root, extra_env=env)
                     server.token = token
-                    servers.append(server.start())
+                    server.start()
+                    servers.append(server)
                     print(f"replica {server.name} ready at {server.url}", flush=True)
                 result = run(servers, token, args, rng)
             finally:
@@ -145,7 +146,9 @@ def main() -> int:
     return 0
 
 
-def run(servers: list[ServerProcess], token: str, args: argparse.Namespace, rng: np.random.Generator) -> dict[str, Any]:
+def run(
+    servers: list[LiverankServer], token: str, args: argparse.Namespace, rng: np.random.Generator
+) -> dict[str, Any]:
     headers = {"Authorization": f"Bearer {token}"}
     with httpx.Client(base_url=servers[0].url, timeout=30) as client:
         schema = client.get("/v1/model").json()["manifest"]["schema_hash"]

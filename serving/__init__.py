@@ -34,7 +34,7 @@ if TYPE_CHECKING:
         WrongType,
     )
     from liverank.serving.model_slot import LiveModel, ModelSlot
-    from liverank.serving.ranker import RankedItem, Ranker, RankResult
+    from liverank.serving.ranker import Ranker, RankResult
     from liverank.serving.request import Limits, RankRequest, parse_rank_request
     from liverank.serving.runner import OnnxRunner
     from liverank.serving.services import DeltaReceipt, Services, check_settings
@@ -68,7 +68,6 @@ _HOMES: dict[str, tuple[str, ...]] = {
     ),
     "liverank.serving.ranker": (
         "RankResult",
-        "RankedItem",
         "Ranker",
     ),
     "liverank.serving.request": (
@@ -110,7 +109,6 @@ __all__ = [
     "RaggedColumns",
     "RankRequest",
     "RankResult",
-    "RankedItem",
     "Ranker",
     "RequestInvalid",
     "Services",

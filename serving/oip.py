@@ -201,13 +201,13 @@ def _text(feature: Feature, value: bytes) -> str:
 def response_outputs(manifest: Manifest, result: RankResult, plan: InferPlan) -> list[tuple[str, str, Any]]:
     """The answer's tensors, in the order the request asked for them."""
     tensors: dict[str, tuple[str, np.ndarray[Any, Any]]] = {
-        "index": ("INT64", np.asarray([it.index for it in result.items], dtype=np.int64)),
-        "score": ("FP32", np.asarray([it.score for it in result.items], dtype=np.float32)),
+        "index": ("INT64", result.top.astype(np.int64)),
+        "score": ("FP32", result.scores.astype(np.float32, copy=False)),
     }
+    missing = np.full(len(result.top), np.nan, dtype=np.float32)
     for head in manifest.heads:
         # .get: a bundle swapped in between planning and ranking may have other heads.
-        scores = np.asarray([it.heads.get(head.name, np.nan) for it in result.items], dtype=np.float32)
-        tensors[f"score_{head.name}"] = ("FP32", scores)
+        tensors[f"score_{head.name}"] = ("FP32", result.heads.get(head.name, missing))
     return [(name, *tensors[name]) for name in plan.outputs]
 
 

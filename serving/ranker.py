@@ -6,12 +6,14 @@ model taken once at the start).
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from liverank.serving.columns import pool_into
 from liverank.serving.model_slot import LiveModel, ModelSlot
 from liverank.serving.request import Column, Limits, RankRequest, parse_rank_request
 from liverank.store import EmbeddingStore, Lookup
@@ -21,16 +23,14 @@ FloatArray = np.ndarray[Any, np.dtype[np.float32]]
 
 
 @dataclass(frozen=True)
-class RankedItem:
-    index: int
-    id: Any
-    score: float
-    heads: dict[str, float]
-
-
-@dataclass(frozen=True)
 class RankResult:
-    items: list[RankedItem]
+    """The top-k of one request (best first) and what the answer was read from. Arrays, not per-item objects:
+    the JSON answer is built from them in one pass (``to_json``)."""
+
+    top: np.ndarray[Any, np.dtype[np.intp]]  # candidate positions, best first
+    scores: FloatArray  # blended score of each top candidate
+    heads: dict[str, FloatArray]  # head name -> probability of each top candidate
+    ids: list[Any] | None  # the item id of each top candidate (None: the request has no candidate id feature)
     dense_version: str
     sparse_seq: dict[str, int]
     generation: int
@@ -41,11 +41,20 @@ class RankResult:
     embedding_age_max_s_by_slot: dict[str, float]
     lookup_s: float
     dense_s: float
+    dense_cpu_s: float  # CPU time of this thread inside ONNX Runtime
     source: str
 
     def to_json(self) -> dict[str, Any]:
+        positions: list[int] = self.top.tolist()
+        scores: list[float] = self.scores.tolist()
+        ids = self.ids if self.ids is not None else [None] * len(positions)
+        heads = [(name, values.tolist()) for name, values in self.heads.items()]
+        items = [
+            {"index": position, "id": id_, "score": score, "heads": {name: values[j] for name, values in heads}}
+            for j, (position, id_, score) in enumerate(zip(positions, ids, scores, strict=True))
+        ]
         return {
-            "items": [{"index": it.index, "id": it.id, "score": it.score, "heads": it.heads} for it in self.items],
+            "items": items,
             "epoch": {"dense_version": self.dense_version, "sparse_seq": self.sparse_seq},
             "stats": {
                 "unseen_ids": self.unseen_by_slot,
@@ -84,26 +93,17 @@ class Ranker:
         lookup = self._store.lookup_many(per_slot, now_ms=now_ms)
         user = _assemble(manifest, "user", request.user, segments, lookup, 1)
         candidates = _assemble(manifest, "candidate", request.candidates, segments, lookup, request.n_candidates)
-        looked_up = time.perf_counter()
+        looked_up, cpu_before = time.perf_counter(), time.thread_time()
         heads = live.runner.run(user, candidates)
-        dense_done = time.perf_counter()
-        score = np.zeros(request.n_candidates, dtype=np.float32)
-        for head, weight in request.blend.items():
-            score += np.float32(weight) * heads[head]
+        dense_done, dense_cpu_s = time.perf_counter(), time.thread_time() - cpu_before
+        score = blend(request, heads)
         top = _top_k(score, request.k)
-        id_column = _item_id_column(request)
-        items = [
-            RankedItem(
-                index=int(i),
-                id=None if id_column is None else _id_at(id_column, int(i)),
-                score=float(score[i]),
-                heads={name: float(values[i]) for name, values in heads.items()},
-            )
-            for i in top
-        ]
-        age_max, age_median = _ages(lookup, now_ms)
+        age_max, age_median, age_by_slot = _ages(lookup, now_ms)
         return RankResult(
-            items=items,
+            top=top,
+            scores=score[top],
+            heads={name: values[top] for name, values in heads.items()},
+            ids=_top_ids(request, top),
             dense_version=live.version,
             sparse_seq=lookup.applied_seq,
             generation=lookup.generation,
@@ -111,9 +111,10 @@ class Ranker:
             ids_by_slot={slot: len(got.unseen) for slot, got in lookup.slots.items()},
             embedding_age_max_s=age_max,
             embedding_age_median_s=age_median,
-            embedding_age_max_s_by_slot=_slot_ages(lookup, now_ms),
+            embedding_age_max_s_by_slot=age_by_slot,
             lookup_s=looked_up - started,
             dense_s=dense_done - looked_up,
+            dense_cpu_s=dense_cpu_s,
             source=lookup.source,
         )
 
@@ -148,9 +149,10 @@ def _assemble(
     lookup: Lookup,
     n_rows: int,
 ) -> FloatArray:
-    """The dense network's input for one side: each feature's (pooled) rows in its column block."""
+    """The dense network's input for one side: each feature's (pooled) rows in its column block, written straight
+    into this thread's reused input buffer (valid until the thread's next request)."""
     width = manifest.user_width if side == "user" else manifest.candidate_width
-    out = np.empty((n_rows, width), dtype=np.float32)
+    out = _input_buffer(side, n_rows, width)
     for feature, start, stop in manifest.feature_offsets(side):  # type: ignore[arg-type]
         column = columns[feature.name]
         if feature.kind == "numeric":
@@ -164,20 +166,30 @@ def _assemble(
             out[:, start:stop] = rows
         else:
             assert column.lengths is not None
-            out[:, start:stop] = _pool(rows, column.lengths, feature.pooling == "mean")
+            pool_into(out, start, rows, column.lengths, mean=feature.pooling == "mean")
     return out
 
 
-def _pool(rows: FloatArray, lengths: np.ndarray[Any, np.dtype[np.int64]], mean: bool) -> FloatArray:
-    """Sum (or mean) of consecutive runs of ``rows``, one run per length; an empty list pools to zeros."""
-    pooled = np.zeros((len(lengths), rows.shape[1]), dtype=np.float32)
-    nonempty = lengths > 0
-    if rows.shape[0]:
-        starts = (np.cumsum(lengths) - lengths)[nonempty]
-        pooled[nonempty] = np.add.reduceat(rows, starts, axis=0)
-        if mean:
-            pooled[nonempty] /= lengths[nonempty, None].astype(np.float32)
-    return pooled
+_buffers = threading.local()
+
+
+def _input_buffer(side: str, n_rows: int, width: int) -> FloatArray:
+    """A C-contiguous float32 (n_rows, width) view of a per-thread array kept between requests: the dense input
+    is rewritten in place, never allocated (and page-faulted in) per request. Grows to the largest request."""
+    held: dict[str, FloatArray] = _buffers.__dict__.setdefault("by_side", {})
+    buffer = held.get(side)
+    if buffer is None or buffer.shape[1] != width or buffer.shape[0] < n_rows:
+        buffer = np.empty((n_rows, width), dtype=np.float32)
+        held[side] = buffer
+    return buffer[:n_rows]
+
+
+def blend(request: RankRequest, heads: dict[str, FloatArray]) -> FloatArray:
+    """Each candidate's score: the request's weighted sum of head probabilities (float32)."""
+    score = np.zeros(request.n_candidates, dtype=np.float32)
+    for head, weight in request.blend.items():
+        score += np.float32(weight) * heads[head]
+    return score
 
 
 def _top_k(score: FloatArray, k: int) -> np.ndarray[Any, np.dtype[np.intp]]:
@@ -187,35 +199,24 @@ def _top_k(score: FloatArray, k: int) -> np.ndarray[Any, np.dtype[np.intp]]:
     return part[np.argsort(-score[part], kind="stable")]
 
 
-def _item_id_column(request: RankRequest) -> Column | None:
+def _top_ids(request: RankRequest, top: np.ndarray[Any, np.dtype[np.intp]]) -> list[Any] | None:
     """The first candidate id feature (typically item_id) names the items in the answer."""
     for column in request.candidates.values():
         if column.feature.kind == "id":
-            return column
+            assert column.ids is not None
+            if isinstance(column.ids, tuple):
+                return [column.ids[i] for i in top.tolist()]
+            ids: list[Any] = column.ids[top].tolist()
+            return ids
     return None
 
 
-def _id_at(column: Column, index: int) -> Any:
-    assert column.ids is not None
-    value = column.ids[index]
-    return value if isinstance(value, str) else int(value)
-
-
-def _slot_ages(lookup: Lookup, now_ms: int) -> dict[str, float]:
-    """Per slot, the oldest age (s since last update) among the rows this answer used; slots with none are left out."""
-    out = {}
-    for slot, got in lookup.slots.items():
-        seen = got.updated_at_ms[~got.unseen]
-        if seen.size:
-            out[slot] = (now_ms - int(seen.min())) / 1000.0
-    return out
-
-
-def _ages(lookup: Lookup, now_ms: int) -> tuple[float | None, float | None]:
-    """Max and median age (s since last update) of the rows this answer used; unseen ids have no age."""
-    times = [got.updated_at_ms[~got.unseen] for got in lookup.slots.values()]
-    seen = np.concatenate(times) if times else np.zeros(0, dtype=np.int64)
-    if not seen.size:
-        return None, None
-    ages_s = (now_ms - seen) / 1000.0
-    return float(ages_s.max()), float(np.median(ages_s))
+def _ages(lookup: Lookup, now_ms: int) -> tuple[float | None, float | None, dict[str, float]]:
+    """Max and median age (s since last update) of the rows this answer used, and per slot the oldest (slots with
+    no seen row left out); unseen ids have no age. One masking pass per slot serves all three."""
+    seen_by_slot = [(slot, got.updated_at_ms[~got.unseen]) for slot, got in lookup.slots.items()]
+    by_slot = {slot: (now_ms - int(seen.min())) / 1000.0 for slot, seen in seen_by_slot if seen.size}
+    if not by_slot:
+        return None, None, by_slot
+    seen_all = np.concatenate([seen for _, seen in seen_by_slot])
+    return max(by_slot.values()), float(np.median((now_ms - seen_all) / 1000.0)), by_slot

@@ -12,12 +12,14 @@ pydantic row models cost about 20 times more (DESIGN.md), so validation here is 
 
 from __future__ import annotations
 
+import reprlib
 from dataclasses import dataclass
 from itertools import chain
 from typing import Any
 
 import numpy as np
 
+from liverank.serving.columns import BadId, NotAList, flat_int_ids, id_list_lengths, int_ids
 from liverank.serving.errors import (
     EmptyCandidates,
     LimitExceeded,
@@ -145,25 +147,22 @@ def _parse_blend(raw: Any, manifest: Manifest) -> dict[str, float]:
 
 def _ids(values: list[Any], slot: SlotConfig, what: str) -> Ids:
     """Ids of one slot's kind, exactly; a clear error for anything else."""
-    if slot.id_kind == "str" or (slot.id_kind == "str_hash" and values and isinstance(values[0], str)):
+    if _string_ids(values, slot):
         if not all(isinstance(v, str) and v for v in values):
             raise WrongType(f"{what}: ids of slot {slot.name!r} are non-empty strings")
         return tuple(values)
     try:
-        arr = np.asarray(values)
-    except (ValueError, OverflowError) as exc:
-        raise WrongType(f"{what}: ids must be integers in 0..2**64-1") from exc
-    if arr.ndim == 1 and arr.dtype.kind in "iu":
-        if arr.size and arr.dtype.kind == "i" and arr.min() < 0:
-            raise WrongType(f"{what}: ids must be integers in 0..2**64-1, got {int(arr.min())}")
-        # numpy reads true/false among ints as 1/0: where a 0 or 1 is, look for a JSON boolean.
-        if arr.size and arr.min() <= 1 and any(type(v) is bool for v in values):
-            raise WrongType(f"{what}: ids must be integers in 0..2**64-1, not true or false")
-        return arr.astype(np.uint64)
-    # numpy makes float64 or object of a list mixing ids above 2**63 - 1 with smaller ones: check exactly.
-    if arr.ndim == 1 and all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**64 for v in values):
-        return np.asarray(values, dtype=np.uint64)
-    raise WrongType(f"{what}: ids of slot {slot.name!r} must be integers in 0..2**64-1")
+        return int_ids(values)
+    except BadId as exc:
+        raise _bad_id(exc, slot, what) from None
+
+
+def _string_ids(values: list[Any], slot: SlotConfig) -> bool:
+    return slot.id_kind == "str" or (slot.id_kind == "str_hash" and bool(values) and isinstance(values[0], str))
+
+
+def _bad_id(exc: BadId, slot: SlotConfig, what: str) -> WrongType:
+    return WrongType(f"{what}: ids must be integers in 0..2**64-1 (slot {slot.name!r}), got {reprlib.repr(exc.value)}")
 
 
 def _max_len(feature: Feature, limits: Limits) -> int:
@@ -201,10 +200,17 @@ def _candidate_column(feature: Feature, raw: list[Any], slot: SlotConfig | None,
     assert slot is not None
     if feature.kind == "id":
         return Column(feature, ids=_ids(raw, slot, what))
-    if not all(isinstance(row, list) for row in raw):
-        raise WrongType(f"{what} must be a list of id lists, one per candidate")
-    lengths = np.fromiter((len(row) for row in raw), dtype=np.int64, count=len(raw))
+    try:
+        lengths = id_list_lengths(raw)
+    except NotAList:
+        raise WrongType(f"{what} must be a list of id lists, one per candidate") from None
     longest = int(lengths.max()) if lengths.size else 0
     if longest > _max_len(feature, limits):
         raise LimitExceeded(f"{what} has a list of {longest} ids; at most {_max_len(feature, limits)} are accepted")
+    if slot.id_kind == "int":
+        try:
+            return Column(feature, ids=flat_int_ids(raw, lengths), lengths=lengths)
+        except BadId as exc:
+            raise _bad_id(exc, slot, what) from None
+    # String ids (or str_hash, which takes strings or ints): the slot's kind decides per column, as for one list.
     return Column(feature, ids=_ids(list(chain.from_iterable(raw)), slot, what), lengths=lengths)

@@ -185,11 +185,183 @@ done:
     return result;
 }
 
+/* --- request parsing and input assembly (serving's per-request path) -------------------------------------------
+ * These take the Python lists orjson made and write numpy buffers in one C pass each, instead of numpy inferring
+ * a dtype element by element and Python scanning for booleans. They hold the GIL (they read Python objects). */
+
+static Py_ssize_t store_int_ids(PyObject *list, uint64_t *out, Py_ssize_t n) {
+    /* out[i] = list[i] for exact ints in 0..2**64-1; -1 if all are, else the index of the first that is not
+     * (bool, float, str, negative, too large...). A Python error is never left set. */
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *v = PyList_GET_ITEM(list, i);
+        if (!PyLong_CheckExact(v)) return i; /* bool is a subclass of int: excluded here */
+        unsigned long long x = PyLong_AsUnsignedLongLong(v);
+        if (x == (unsigned long long)-1 && PyErr_Occurred()) {
+            PyErr_Clear();
+            return i;
+        }
+        out[i] = (uint64_t)x;
+    }
+    return -1;
+}
+
+static PyObject *int_ids(PyObject *self, PyObject *args) {
+    PyObject *list;
+    Py_buffer out;
+    if (!PyArg_ParseTuple(args, "O!w*", &PyList_Type, &list, &out)) return NULL;
+    PyObject *result = NULL;
+    Py_ssize_t n = PyList_GET_SIZE(list);
+    if (out.len != n * 8) {
+        PyErr_SetString(PyExc_ValueError, "int_ids: out must hold one uint64 per list element");
+        goto done;
+    }
+    result = PyLong_FromSsize_t(store_int_ids(list, out.buf, n));
+done:
+    PyBuffer_Release(&out);
+    return result;
+}
+
+static PyObject *list_lengths(PyObject *self, PyObject *args) {
+    /* out[i] = len(rows[i]); returns the total, or -1 - i if rows[i] is not a list. */
+    PyObject *rows;
+    Py_buffer out;
+    if (!PyArg_ParseTuple(args, "O!w*", &PyList_Type, &rows, &out)) return NULL;
+    PyObject *result = NULL;
+    Py_ssize_t n = PyList_GET_SIZE(rows);
+    if (out.len != n * 8) {
+        PyErr_SetString(PyExc_ValueError, "list_lengths: out must hold one int64 per row");
+        goto done;
+    }
+    int64_t *o = out.buf;
+    Py_ssize_t total = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *row = PyList_GET_ITEM(rows, i);
+        if (!PyList_Check(row)) {
+            total = -1 - i;
+            break;
+        }
+        o[i] = PyList_GET_SIZE(row);
+        total += o[i];
+    }
+    result = PyLong_FromSsize_t(total);
+done:
+    PyBuffer_Release(&out);
+    return result;
+}
+
+static PyObject *int_id_lists(PyObject *self, PyObject *args) {
+    /* All rows' ids, flattened, into out (sized by list_lengths); -1, or the flat index of the first bad id. */
+    PyObject *rows;
+    Py_buffer out;
+    if (!PyArg_ParseTuple(args, "O!w*", &PyList_Type, &rows, &out)) return NULL;
+    PyObject *result = NULL;
+    uint64_t *o = out.buf;
+    Py_ssize_t n = PyList_GET_SIZE(rows), at = 0, cap = out.len / 8, bad = -1;
+    for (Py_ssize_t i = 0; i < n && bad < 0; i++) {
+        PyObject *row = PyList_GET_ITEM(rows, i);
+        if (!PyList_Check(row) || at + PyList_GET_SIZE(row) > cap) {
+            PyErr_SetString(PyExc_ValueError, "int_id_lists: rows changed since list_lengths, or out too small");
+            goto done;
+        }
+        Py_ssize_t m = PyList_GET_SIZE(row), j = store_int_ids(row, o + at, m);
+        if (j >= 0) bad = at + j;
+        at += m;
+    }
+    if (bad < 0 && at != cap) {
+        PyErr_SetString(PyExc_ValueError, "int_id_lists: out is larger than the rows' ids");
+        goto done;
+    }
+    result = PyLong_FromSsize_t(bad);
+done:
+    PyBuffer_Release(&out);
+    return result;
+}
+
+static float pairwise_sum(const float *a, Py_ssize_t n, Py_ssize_t stride) {
+    /* numpy's pairwise summation (loops_utils.h), step for step, so that pooled rows are bit-identical to
+     * add.reduceat's: under 8 terms in order from -0.0, up to 128 in 8 interleaved partial sums, above that split
+     * in halves (multiples of 8). */
+    if (n < 8) {
+        float res = -0.0f;
+        for (Py_ssize_t i = 0; i < n; i++) res += a[i * stride];
+        return res;
+    }
+    if (n <= 128) {
+        float r[8];
+        for (int j = 0; j < 8; j++) r[j] = a[j * stride];
+        Py_ssize_t i;
+        for (i = 8; i < n - (n % 8); i += 8)
+            for (int j = 0; j < 8; j++) r[j] += a[(i + j) * stride];
+        float res = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]));
+        for (; i < n; i++) res += a[i * stride];
+        return res;
+    }
+    Py_ssize_t n2 = n / 2;
+    n2 -= n2 % 8;
+    return pairwise_sum(a, n2, stride) + pairwise_sum(a + n2 * stride, n - n2, stride);
+}
+
+static PyObject *pool_into(PyObject *self, PyObject *args) {
+    /* Sum (mean: then divide by the count, in float32) of consecutive runs of float32 rows (m, dim), one run per
+     * length, written into columns [col, col + dim) of the float32 matrix out (n, width). An empty run gives
+     * zeros. Each column of a run is summed as numpy's add.reduceat does (first row + pairwise sum of the rest),
+     * so the network's input is bit-identical to the numpy path's. */
+    Py_buffer rows, lengths, out;
+    Py_ssize_t dim, width, col;
+    int mean;
+    if (!PyArg_ParseTuple(args, "y*y*w*nnnp", &rows, &lengths, &out, &dim, &width, &col, &mean)) return NULL;
+    PyObject *result = NULL;
+    Py_ssize_t n = lengths.len / 8;
+    if (dim <= 0 || width <= 0 || col < 0 || col + dim > width || lengths.len % 8 != 0 ||
+        rows.len % (dim * 4) != 0 || out.len != n * width * 4) {
+        PyErr_SetString(PyExc_ValueError, "pool_into: buffer sizes do not fit (rows, lengths, out, dim, width, col)");
+        goto done;
+    }
+    const int64_t *len = lengths.buf;
+    Py_ssize_t m = rows.len / (dim * 4), total = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (len[i] < 0) {
+            PyErr_SetString(PyExc_ValueError, "pool_into: negative length");
+            goto done;
+        }
+        total += len[i];
+    }
+    if (total != m) {
+        PyErr_SetString(PyExc_ValueError, "pool_into: lengths do not add up to the rows given");
+        goto done;
+    }
+    const float *src = rows.buf;
+    float *dst = out.buf;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < n; i++) {
+        float *o = dst + i * width + col;
+        if (len[i] == 0) {
+            memset(o, 0, (size_t)dim * sizeof(float));
+            continue;
+        }
+        for (Py_ssize_t d = 0; d < dim; d++) o[d] = src[d] + pairwise_sum(src + dim + d, len[i] - 1, dim);
+        src += len[i] * dim;
+        if (mean) {
+            float count = (float)len[i];
+            for (Py_ssize_t d = 0; d < dim; d++) o[d] /= count;
+        }
+    }
+    Py_END_ALLOW_THREADS
+    result = Py_NewRef(Py_None);
+done:
+    PyBuffer_Release(&rows); PyBuffer_Release(&lengths); PyBuffer_Release(&out);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"probe", probe, METH_VARARGS, "probe(keys, rows, ids, out) -> misses: out[i] = row of ids[i], or -1."},
     {"gather", gather, METH_VARARGS,
      "gather(keys, rows, ids, vectors, updated, row_bytes, out_vectors, out_updated, out_rows) -> misses."},
     {"insert", insert, METH_VARARGS, "insert(keys, rows, ids, new_rows) -> added: set ids[i] -> new_rows[i]."},
+    {"int_ids", int_ids, METH_VARARGS, "int_ids(list, out) -> -1, or the index of the first non-uint64 element."},
+    {"list_lengths", list_lengths, METH_VARARGS, "list_lengths(rows, out) -> total, or -1 - i if rows[i] is no list."},
+    {"int_id_lists", int_id_lists, METH_VARARGS, "int_id_lists(rows, out) -> -1, or the flat index of a bad id."},
+    {"pool_into", pool_into, METH_VARARGS, "pool_into(rows, lengths, out, dim, width, col, mean) -> None."},
     {NULL, NULL, 0, NULL},
 };
 

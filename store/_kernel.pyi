@@ -20,3 +20,16 @@ def gather(
     out_rows: np.ndarray[Any, Any],
     /,
 ) -> int: ...
+def int_ids(values: list[Any], out: np.ndarray[Any, Any], /) -> int: ...
+def list_lengths(rows: list[Any], out: np.ndarray[Any, Any], /) -> int: ...
+def int_id_lists(rows: list[Any], out: np.ndarray[Any, Any], /) -> int: ...
+def pool_into(
+    rows: np.ndarray[Any, Any],
+    lengths: np.ndarray[Any, Any],
+    out: np.ndarray[Any, Any],
+    dim: int,
+    width: int,
+    col: int,
+    mean: bool,
+    /,
+) -> None: ...

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from liverank.exporter.synthetic import build_synthetic_bundle
 from liverank.serving.replication.local_nats import NatsCluster
-from liverank.trainer.servers import ServerProcess
+from liverank.trainer.servers import LiverankServer
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -50,7 +50,7 @@ def _up(root: Path, nats_nodes: int, count: int) -> int:
     if not (bundle / "manifest.json").is_file():
         build_synthetic_bundle(bundle, preset="tiny", dim=16, version="1")
     print(f"starting {nats_nodes} NATS JetStream node(s) ...", flush=True)
-    replicas: list[ServerProcess] = []
+    replicas: list[LiverankServer] = []
     with NatsCluster(root / "nats", size=nats_nodes) as nats:
         try:
             for i in range(count):
@@ -61,10 +61,11 @@ def _up(root: Path, nats_nodes: int, count: int) -> int:
                     "LIVERANK_ADMIN_TOKEN": token,
                     "LIVERANK_SNAPSHOT_INTERVAL_S": "60",
                 }
-                server = ServerProcess(f"r{i + 1}", root / f"r{i + 1}", bundle, root, extra_env=env)
+                server = LiverankServer(f"r{i + 1}", root / f"r{i + 1}", bundle, root, extra_env=env)
                 server.token = token
                 print(f"starting replica r{i + 1} ...", flush=True)
-                replicas.append(server.start())
+                server.start()
+                replicas.append(server)
             print()
             print(f"NATS (--log):  {nats.urls}")
             for server in replicas:

@@ -21,6 +21,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,7 @@ from liverank.trainer.dashboard import Snapshot, console_is_live, progress_line,
 from liverank.trainer.demo_report import write_chart, write_summary
 from liverank.trainer.features import short_video_manifest
 from liverank.trainer.online import OnlineTrainer, TrainerConfig
-from liverank.trainer.servers import ServerProcess
+from liverank.trainer.servers import LiverankServer
 from liverank.trainer.sync import Pusher
 from liverank.trainer.synthetic_stream import ShortVideoStream
 from liverank.trainer.traffic import TrafficGenerator
@@ -63,8 +64,17 @@ def _parser() -> argparse.ArgumentParser:
 class Demo:
     """One demo run; ``run`` returns the summary."""
 
-    def __init__(self, args: argparse.Namespace, workdir: Path, out: Path, console: Console) -> None:
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        workdir: Path,
+        out: Path,
+        console: Console,
+        *,
+        stop_when: Callable[[Snapshot], bool] | None = None,
+    ) -> None:
         self.args = args
+        self.stop_when = stop_when
         self.workdir = workdir
         self.out = out
         self.console = console
@@ -92,7 +102,7 @@ class Demo:
         self.trainer.take_sparse_update()  # the snapshot below carries every row
         bundle_v1 = self._export(1)
         rows = self.trainer.all_rows()
-        servers = {name: ServerProcess(name, self.workdir / name, bundle_v1, self.out) for name in ("fresh", "frozen")}
+        servers = {name: LiverankServer(name, self.workdir / name, bundle_v1, self.out) for name in ("fresh", "frozen")}
         for server in servers.values():
             server.start()
             with PushClient(server.url, server.token) as client:
@@ -107,7 +117,7 @@ class Demo:
             for server in servers.values():
                 server.stop()
 
-    def _serve_and_learn(self, servers: dict[str, ServerProcess], builder_seq: int) -> dict[str, Any]:
+    def _serve_and_learn(self, servers: dict[str, LiverankServer], builder_seq: int) -> dict[str, Any]:
         args = self.args
         fresh = servers["fresh"]
         pusher = Pusher(fresh.url, fresh.token)
@@ -154,6 +164,8 @@ class Demo:
                     series.append(self._point(traffic, now - t0, next_point - SERIES_STEP_S, next_point))
                     next_point += SERIES_STEP_S
                 snap = self._snapshot(now - t0, events0, sim0, pusher, traffic)
+                if self.stop_when is not None and self.stop_when(snap):
+                    break
                 if live:
                     view.update(render(snap))
                 elif now - last_line >= 5.0:
@@ -186,7 +198,7 @@ class Demo:
 
     def _summary(
         self,
-        servers: dict[str, ServerProcess],
+        servers: dict[str, LiverankServer],
         pusher: Pusher,
         traffic: TrafficGenerator,
         series: list[dict[str, Any]],
@@ -243,7 +255,8 @@ class _NoLive:
         return None
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str], *, stop_when: Callable[[Snapshot], bool] | None = None) -> int:
+    """``liverank demo``. ``stop_when`` (for tests) ends the run early, before ``--duration-s``, once it holds."""
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     console = Console()
@@ -251,7 +264,7 @@ def main(argv: list[str]) -> int:
     out.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="liverank-demo-"))
     try:
-        summary = Demo(args, workdir, out, console).run()
+        summary = Demo(args, workdir, out, console, stop_when=stop_when).run()
     except KeyboardInterrupt:
         console.print("interrupted")
         return 130

@@ -1,22 +1,32 @@
-"""A trainer over any manifest: columnar batches of named id, id-list and numeric columns, one label per head.
+"""The online trainer over any manifest: columnar batches of named id, id-list and numeric columns, one label per
+head.
 
-``OnlineTrainer`` is built around the short-video ``EventBatch``; the replay experiments (``liverank.trainer.replay``)
-train
-MovieLens and Criteo models whose features and heads differ. ``ColumnBatch`` carries any feature set, keyed by
-feature name, and ``GenericTrainer`` trains it with the same parts: collisionless ``liverank.trainer.tables``
-(admission,
-expiry, Adagrad, touched set) and the DeepFM ``DenseTower``. Features may be numeric (the Criteo counts): then
-``FieldTower`` puts DeepFM's treatment of continuous fields in front of the tower, each value ``x_f`` becoming the
-field ``x_f * v_f`` with a learned vector ``v_f``, so the second-order term sees numeric fields too. Either side may
-have no features at all (a [B, 0] user input, which the ONNX contract and serving accept).
+``ColumnBatch`` carries any feature set, keyed by feature name, and ``GenericTrainer`` trains it with collisionless
+``liverank.trainer.tables`` (admission, expiry, Adagrad, touched set) and the DeepFM ``DenseTower``. The replay
+experiments (``liverank.trainer.replay``) train MovieLens and Criteo models with it; ``OnlineTrainer``
+(``liverank.trainer.online``) is the short-video adapter over it, for the demo. Features may be numeric (the Criteo
+counts): then ``FieldTower`` puts DeepFM's treatment of continuous fields in front of the tower, each value ``x_f``
+becoming the field ``x_f * v_f`` with a learned vector ``v_f``, so the second-order term sees numeric fields too.
+Either side may have no features at all (a [B, 0] user input, which the ONNX contract and serving accept).
+
+Each ``train_batch``: expire rows past their TTL (event time), count and admit the batch's ids, gather their rows
+into leaf tensors, pool id lists, run the tower, take one BCE loss per head, backpropagate, then step Adagrad on
+the touched rows and Adam on the dense weights. ``take_sparse_update`` hands the rows touched since the previous
+call (absolute values) and the expired ids to the exporter, which turns them into a ``SparseDelta``.
+
+Sparse gradients are scaled by the batch size, i.e. each event contributes its full per-example gradient to the
+rows it touched. With a batch-mean loss a rare id would otherwise get a 1/B-sized step, which Adagrad's initial
+accumulator would then shrink further: new items would learn far too slowly to matter, which is the point of
+training online.
 """
 
 from __future__ import annotations
 
 import copy
+import logging
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -28,12 +38,28 @@ from liverank.store.manifest import Feature, Manifest
 from liverank.trainer.events import F32Array, I64Array, U64Array
 from liverank.trainer.features import IdColumn
 from liverank.trainer.model import DEFAULT_HIDDEN, DenseTower
+from liverank.trainer.tables import AdagradConfig, AdmissionPolicy, EmbeddingTable, TableUpdate
 
-# The short-video trainer's per-batch slot lookup and row plumbing apply to any feature set unchanged.
-from liverank.trainer.online import Rows, TrainerConfig, _column, _rows, _SlotLookup
-from liverank.trainer.tables import EmbeddingTable
+logger = logging.getLogger(__name__)
 
-_EXPIRY_SWEEP_MS = 1000
+Rows = tuple[U64Array, F32Array, I64Array]
+"""(ids, values [n, dim], updated_at_ms) of one slot: what ``liverank.exporter.deltas.DeltaBuilder.build`` takes."""
+
+_EXPIRY_SWEEP_MS = 1000  # sweep TTLs at most once per second of event time: a sweep scans the whole table
+
+
+@dataclass(frozen=True)
+class TrainerConfig:
+    """Hyper-parameters. ``admission`` and ``ttl_s`` are per slot name; a slot's ``ttl_s`` defaults to the
+    manifest's (the TTL serving enforces), and ``admission`` to admitting every id at first sight."""
+
+    seed: int = 0
+    hidden: tuple[int, ...] = DEFAULT_HIDDEN
+    dense_lr: float = 2e-3
+    sparse: AdagradConfig = field(default_factory=AdagradConfig)
+    admission: Mapping[str, AdmissionPolicy] = field(default_factory=dict)
+    ttl_s: Mapping[str, float | None] = field(default_factory=dict)
+    threads: int | None = 1  # torch intra-op threads (a process-wide setting); None leaves it alone
 
 
 @dataclass(frozen=True)
@@ -181,8 +207,8 @@ def build_tower(manifest: Manifest, *, hidden: Sequence[int] = DEFAULT_HIDDEN) -
 class GenericTrainer:
     """Tables (one per slot), a tower and their optimisers for any manifest; trains ``ColumnBatch`` es.
 
-    The same steps as ``OnlineTrainer``: expire (event time), admit, gather, pool, one BCE loss per head, Adagrad on
-    the touched rows (per-example gradients, see ``liverank.trainer.online``), Adam on the dense weights. Thread-safe.
+    Expire (event time), admit, gather, pool, one BCE loss per head, Adagrad on the touched rows (per-example
+    gradients, see the module's notes), Adam on the dense weights. Thread-safe: one lock around each public call.
     """
 
     def __init__(self, manifest: Manifest, config: TrainerConfig | None = None) -> None:
@@ -206,6 +232,7 @@ class GenericTrainer:
             )
             for i, slot in enumerate(manifest.slots)
         }
+        # Seed the tower's initialisation without disturbing the caller's global torch RNG.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
             self._tower = build_tower(manifest, hidden=config.hidden)
@@ -227,6 +254,11 @@ class GenericTrainer:
     @property
     def manifest(self) -> Manifest:
         return self._manifest
+
+    @property
+    def tower(self) -> Tower:
+        """The live tower (for export between batches; ``snapshot_tower`` is safe while another thread trains)."""
+        return self._tower
 
     @property
     def tables(self) -> Mapping[str, EmbeddingTable]:
@@ -286,7 +318,9 @@ class GenericTrainer:
             return
         self._last_sweep_ms = now_ms
         for table in self._tables.values():
-            table.expire(now_ms)
+            expired = table.expire(now_ms)
+            if expired:
+                logger.debug("slot %s: %d rows expired", table.name, expired)
 
     def _parts(self, slot: str, ids: Mapping[str, IdColumn]) -> list[tuple[Feature, IdColumn]]:
         return [(f, _column(ids, f)) for f in self._manifest.features if f.slot == slot]
@@ -355,3 +389,73 @@ class GenericTrainer:
             for side, rows in (("user", user_rows), ("candidate", n_rows))
         ]
         return sides[0], sides[1]
+
+
+def _column(columns: Mapping[str, IdColumn], feature: Feature) -> IdColumn:
+    try:
+        column = columns[feature.name]
+    except KeyError:
+        raise ValueError(f"no column for feature {feature.name!r}") from None
+    return column.truncated(feature.max_len or 1)
+
+
+def _rows(update: TableUpdate) -> Rows:
+    return update.ids, update.values, update.updated_at_ms
+
+
+class _SlotLookup:
+    """One slot's rows for one batch: the distinct admitted rows as a leaf tensor, and each feature's indices.
+
+    The leaf has one extra last row, the slot's default, which unadmitted and unknown ids read and which is never
+    trained.
+    """
+
+    def __init__(
+        self, table: EmbeddingTable, parts: Sequence[tuple[Feature, IdColumn]], event_time_ms: I64Array | None
+    ) -> None:
+        masks = [np.arange(c.ids.shape[1])[None, :] < c.lengths[:, None] for _, c in parts]
+        ids = _concat([c.ids[m] for (_, c), m in zip(parts, masks, strict=True)], np.uint64)
+        if event_time_ms is None:
+            rows = table.lookup(ids)
+        else:
+            # Every id of an event occurs at that event's time.
+            times = _concat([np.broadcast_to(event_time_ms[:, None], m.shape)[m] for m in masks], np.int64)
+            rows = table.admit(ids, times)
+        admitted = rows >= 0
+        self.rows, inverse = np.unique(rows[admitted], return_inverse=True)
+        position = np.full(len(rows), len(self.rows), dtype=np.int64)
+        position[admitted] = inverse
+        if event_time_ms is not None:
+            self.updated_at_ms = np.full(len(self.rows), np.iinfo(np.int64).min, dtype=np.int64)
+            np.maximum.at(self.updated_at_ms, inverse, times[admitted])
+        self.leaf = torch.from_numpy(np.concatenate([table.gather(self.rows), table.default[None, :]]))
+        if event_time_ms is not None:
+            self.leaf.requires_grad_(True)
+        self.index: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        start = 0
+        for (feature, column), mask in zip(parts, masks, strict=True):
+            n = int(mask.sum())
+            index = np.zeros(column.ids.shape, dtype=np.int64)
+            index[mask] = position[start : start + n]
+            start += n
+            self.index[feature.name] = (torch.from_numpy(index), torch.from_numpy(mask))
+
+    def pool(self, feature: Feature) -> torch.Tensor:
+        """[B, dim]: the feature's rows, mean- or sum-pooled over each list (an empty list pools to zeros)."""
+        index, mask = self.index[feature.name]
+        rows = self.leaf[index] * mask.unsqueeze(-1)  # padding contributes nothing
+        pooled = rows.sum(dim=1)
+        if feature.pooling == "mean":
+            pooled = pooled / mask.sum(dim=1, keepdim=True).clamp(min=1)
+        return pooled
+
+    def apply(self, table: EmbeddingTable, *, scale: float) -> None:
+        """One Adagrad step on the admitted rows (the default row, last, is never trained)."""
+        grad = self.leaf.grad
+        if grad is None or not len(self.rows):
+            return
+        table.apply_gradients(self.rows, grad[:-1].numpy() * np.float32(scale), self.updated_at_ms)
+
+
+def _concat(chunks: list[np.ndarray[Any, Any]], dtype: type[np.generic]) -> np.ndarray[Any, Any]:
+    return np.concatenate(chunks).astype(dtype, copy=False) if chunks else np.zeros(0, dtype=dtype)

@@ -46,10 +46,9 @@ from liverank.store.manifest import Manifest
 from liverank.trainer.datasets import DATASETS, DatasetUnavailable, ReplayData, load
 from liverank.trainer.events import F32Array, I64Array
 from liverank.trainer.features import IdColumn
-from liverank.trainer.generic import ColumnBatch, GenericTrainer, Tower
-from liverank.trainer.online import Rows, TrainerConfig
+from liverank.trainer.generic import ColumnBatch, GenericTrainer, Rows, Tower, TrainerConfig
 from liverank.trainer.replay_report import log_loss, summarise, write_chart, write_json, write_markdown
-from liverank.trainer.servers import ServerProcess
+from liverank.trainer.servers import LiverankServer
 from liverank.trainer.synthetic_stream import roc_auc
 from liverank.trainer.tables import AdagradConfig
 
@@ -84,7 +83,7 @@ class ServedModel:
     def __init__(self, name: str, workdir: Path, log_dir: Path, bundle: Path, manifest: Manifest) -> None:
         self.name = name
         self.manifest = manifest
-        self.server = ServerProcess(name, workdir / f"data-{name}", bundle, log_dir)
+        self.server = LiverankServer(name, workdir / f"data-{name}", bundle, log_dir)
         self.version = int(manifest.version)
         self.builder = DeltaBuilder(PRODUCER, manifest)
         self._bundles = workdir / f"bundles-{name}"

@@ -6,21 +6,15 @@ For trying replicated mode on one machine (``liverank cluster up``) and for the 
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import shutil
-import signal
 import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 from types import TracebackType
 
-import httpx
-
-from liverank.processes import stop_process
+from liverank.server_process import ServerProcess
 from liverank.serving.errors import ConfigInvalid
 
 log = logging.getLogger(__name__)
@@ -77,7 +71,7 @@ class NatsNode:
         self.max_payload_bytes = max_payload_bytes  # None: NATS's default (1 MiB); only a config file can set it
         self.token = token  # clients must present it (LIVERANK_NATS_TOKEN)
         self.log_path = store_dir / f"{name}.log"
-        self._process: subprocess.Popen[bytes] | None = None
+        self._server: ServerProcess | None = None
 
     @property
     def url(self) -> str:
@@ -85,7 +79,7 @@ class NatsNode:
 
     @property
     def running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
+        return self._server is not None and self._server.running
 
     def command(self) -> list[str]:
         cmd = [
@@ -96,7 +90,6 @@ class NatsNode:
             "--http_port", str(self.monitor_port),
             "--jetstream",
             "--store_dir", str(self.store_dir / "jetstream"),
-            "--log", str(self.log_path),
         ]  # fmt: skip
         if self.token is not None:
             cmd += ["--auth", self.token]
@@ -110,33 +103,32 @@ class NatsNode:
         return cmd
 
     def start(self) -> NatsNode:
+        """Start the node (its log, stderr, goes to ``log_path``); ``wait_healthy`` waits for JetStream."""
         self.store_dir.mkdir(parents=True, exist_ok=True)
-        self._process = subprocess.Popen(self.command(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self._server = ServerProcess(
+            self.command(),
+            log_path=self.log_path,
+            port=self.monitor_port,  # readiness: the monitoring endpoint's /healthz (JetStream up)
+            ready_path="/healthz",
+            name=f"nats-server {self.name}",
+        )
+        self._server.start(ready=False)
         return self
 
     def wait_healthy(self, timeout_s: float = 60.0) -> None:
-        """Until the node's monitoring endpoint says JetStream is up (in a cluster: the meta group has a leader)."""
-        deadline = time.monotonic() + timeout_s
-        url = f"http://127.0.0.1:{self.monitor_port}/healthz"
-        with httpx.Client(timeout=2.0) as client:
-            while time.monotonic() < deadline:
-                if self._process is None or self._process.poll() is not None:
-                    raise RuntimeError(f"nats-server {self.name} exited; see {self.log_path}")
-                with contextlib.suppress(httpx.TransportError):
-                    if client.get(url).status_code == 200:
-                        return
-                time.sleep(0.1)
-        raise RuntimeError(f"nats-server {self.name} was not healthy within {timeout_s:.0f} s; see {self.log_path}")
+        """Until the node's monitoring endpoint says JetStream is up."""
+        assert self._server is not None, "start() first"
+        self._server.wait_ready(timeout_s)
 
     def kill(self) -> None:
         """SIGKILL: no goodbye to the cluster, no flush (a crashed machine)."""
-        if self._process is not None and self._process.poll() is None:
-            self._process.send_signal(signal.SIGKILL)
-            self._process.wait()
+        if self._server is not None:
+            self._server.kill()
 
     def stop(self, timeout_s: float = 15.0) -> None:
-        stop_process(self._process, timeout_s)
-        self._process = None
+        if self._server is not None:
+            self._server.stop(timeout_s)
+        self._server = None
 
 
 class NatsCluster:

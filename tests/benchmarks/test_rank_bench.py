@@ -51,6 +51,7 @@ def test_requests_and_deltas_have_the_w500_shape() -> None:
 def test_rank_bench_writes_every_figure(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "rank.json"
     args = ["rank", "--sizes", "2k", "--dim", "16", "--concurrency", "1,2", "--duration-s", "1", "--warmup-s", "0.3"]
+    args += ["--workers", "1"]
     args += ["--repeats", "1", "--bodies", "8", "--json", str(out), "--workdir", str(tmp_path / "work"), "--quiet"]
     assert bench_main(args) == 0
     result = orjson.loads(out.read_bytes())
@@ -65,17 +66,28 @@ def test_rank_bench_writes_every_figure(tmp_path: Path, capsys: pytest.CaptureFi
     assert size["fill"]["rows"] == size["rows_total"] > 2_000
     assert size["answers"]["top_k_overlap"] > 0.9  # same rows, same network: the two servers agree
 
+    ceiling = size["dense_ceiling"]
+    assert ceiling["onnx_cpu_ms_per_request"] > 0
+    assert ceiling["rps"] == pytest.approx(ceiling["cores"] * 1000 / ceiling["onnx_cpu_ms_per_request"])
     assert [e["concurrency"] for e in size["rank"]] == [1, 2]
     for entry in size["rank"]:
         for server in ("liverank", "baseline"):
             figures = entry[server]
-            for key in ("p50_ms", "p99_ms", "rps"):
+            for key in ("p50_ms", "p99_ms", "rps", "server_cpu_ms_per_request"):
                 _summary(figures[key])
             assert figures["failed"] == 0
             assert figures["requests"] > 0
             assert figures["client_cpu_cores"] >= 0
+            assert figures["server_cpu_cores"] > 0
         assert "redis_cpu_cores" in entry["baseline"]
         assert entry["ratios_liverank_over_baseline"]["rps"] > 0
+        live = entry["liverank"]
+        assert live["workers"] == 1
+        assert live["rps_over_dense_ceiling"] > 0
+        # The server's CPU splits into ONNX Runtime (its own counter) and the rest.
+        _summary(live["onnx_cpu_ms_per_request"])
+        _summary(live["cpu_ms_outside_onnx_per_request"])
+        assert 0 < live["onnx_cpu_ms_per_request"]["median"] < live["server_cpu_ms_per_request"]["max"]
 
     deltas = size["deltas"]
     assert deltas["push_to_visible_client_ms"]["count"] >= 1
@@ -89,7 +101,13 @@ def test_rank_bench_writes_every_figure(tmp_path: Path, capsys: pytest.CaptureFi
     swap = size["swap"]
     assert swap["all_went_live"]
     assert swap["failed_requests_total"] == 0
-    assert {t["name"].split(" (")[0] for t in size["targets"]} >= {"single-client p50", "push-to-visible p99"}
+    assert {t["name"].split(" (")[0] for t in size["targets"]} >= {
+        "single-client p50",
+        "push-to-visible p99",
+        "throughput over the dense-only ceiling",
+        "server cores used at saturation",
+        "CPU per request outside ONNX Runtime",
+    }
     printed = capsys.readouterr().out
     assert "liverank/baseline" in printed
-    assert "SAME 2 cores" in printed
+    assert f"SAME {result['machine']['cores']} cores" in printed  # the machine's count, not a hard-coded one

@@ -1,8 +1,9 @@
 """Real ``liverank serve`` processes, real faults: the harness the reliability tests and ``scripts/kill9_series.py``
 share.
 
-``ServerProcess`` runs ``python -m liverank.cli serve`` as a child process (port 0: the port is read back from
-uvicorn's start-up line), waits for ``/readyz``, and is stopped with SIGTERM or killed with SIGKILL. The child's
+``ServerProcess`` (a thin subclass of ``liverank.server_process.ServerProcess``, the helper every ``liverank serve``
+child process goes through) runs ``python -m liverank.cli serve`` as a child process (port 0: the port is read back
+from uvicorn's start-up line), waits for ``/readyz``, and is stopped with SIGTERM or killed with SIGKILL. The child's
 stdout and stderr go to one log file per server, which the tests read (start-up errors, the admin token never
 logged).
 
@@ -17,21 +18,18 @@ from __future__ import annotations
 
 import os
 import random
-import re
-import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import httpx
 import numpy as np
 import pytest
 
+from liverank import server_process
 from liverank.exporter.synthetic import build_synthetic_bundle
 from liverank.store import EmbeddingStore, Inbox, SlotDelta, SparseDelta, encode_delta
 
@@ -48,16 +46,6 @@ SHARED_ITEM_ID = 0  # no group's id (groups start at 1)
 SHARED_AUTHOR_ID = 7
 KILL9_MAP_SIZE_BYTES = 1 << 30
 START_TIMEOUT_S = 90.0
-_PORT_LINE = re.compile(rb"Uvicorn running on http://127\.0\.0\.1:(\d+)")
-
-
-class ServerExited(RuntimeError):
-    """The server process ended before it was ready (e.g. a refused start-up)."""
-
-    def __init__(self, returncode: int, log_tail: str) -> None:
-        super().__init__(f"liverank serve exited with {returncode}:\n{log_tail}")
-        self.returncode = returncode
-        self.log_tail = log_tail
 
 
 def build_bundle(path: Path, version: str, seed: int = 0) -> Path:
@@ -73,8 +61,9 @@ def server_env(extra: Mapping[str, str] | None = None, *, token: str | None = TO
     return env
 
 
-class ServerProcess:
-    """``liverank serve`` in a child process; restartable on the same data directory after a stop or a kill."""
+class ServerProcess(server_process.ServerProcess):
+    """``liverank serve`` on ``data_dir`` in a child process (``liverank.server_process``), restartable on the same
+    data directory after a stop or a kill; leaving the ``with`` block kills it (SIGKILL: no shutdown code runs)."""
 
     def __init__(
         self,
@@ -87,130 +76,21 @@ class ServerProcess:
         cwd: Path | None = None,
         token: str | None = TOKEN,
     ) -> None:
+        self.cwd: Path = cwd or REPO_ROOT
+        super().__init__(
+            server_process.serve_command(data_dir, bundle, args),
+            log_path=log_path,
+            env=server_env(env, token=token),
+            cwd=self.cwd,
+        )
         self.data_dir = data_dir
-        self.bundle = bundle
-        self.log_path = log_path
-        self.env = server_env(env, token=token)
-        self.args = list(args)
-        self.cwd = cwd or REPO_ROOT
-        self.proc: subprocess.Popen[bytes] | None = None
-        self._log: IO[bytes] | None = None
-        self.url = ""
-        self.starts = 0
 
     @property
     def store_path(self) -> Path:
         return self.data_dir / "store"
 
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def command(self) -> list[str]:
-        cmd = [sys.executable, "-m", "liverank.cli", "serve", "--data-dir", str(self.data_dir), "--port", "0"]
-        if self.bundle is not None:
-            cmd += ["--bundle", str(self.bundle)]
-        return cmd + self.args
-
     def start(self, *, ready: bool = True, timeout_s: float = START_TIMEOUT_S) -> ServerProcess:
-        assert not self.running, "already running"
-        self._close_log()
-        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
-        self._log = open(self.log_path, "ab")  # noqa: SIM115 (closed when the process is reaped)
-        self.proc = subprocess.Popen(
-            self.command(),
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            env=self.env,
-            cwd=self.cwd,
-        )
-        self.starts += 1
-        deadline = time.monotonic() + timeout_s
-        while True:
-            with open(self.log_path, "rb") as f:
-                f.seek(offset)
-                found = _PORT_LINE.search(f.read())
-            if found:
-                self.url = f"http://127.0.0.1:{int(found.group(1))}"
-                break
-            if self.proc.poll() is not None:
-                returncode = self.proc.returncode
-                self._close_log()
-                raise ServerExited(returncode, self.log_text()[-4000:])
-            if time.monotonic() > deadline:
-                self.kill()
-                raise RuntimeError(f"liverank serve did not start in {timeout_s} s:\n{self.log_text()[-4000:]}")
-            time.sleep(0.02)
-        if ready:
-            self.wait_ready(deadline - time.monotonic())
-        return self
-
-    def wait_ready(self, timeout_s: float = START_TIMEOUT_S) -> None:
-        deadline = time.monotonic() + max(timeout_s, 1.0)
-        with self.client() as client:
-            while True:
-                try:
-                    if client.get("/readyz").status_code == 200:
-                        return
-                except httpx.TransportError:
-                    pass
-                if not self.running or time.monotonic() > deadline:
-                    raise RuntimeError(f"liverank serve never became ready:\n{self.log_text()[-4000:]}")
-                time.sleep(0.02)
-
-    def wait_exit(self, timeout_s: float = START_TIMEOUT_S) -> int:
-        """For a start-up that is expected to fail: the exit code."""
-        assert self.proc is not None
-        try:
-            returncode = self.proc.wait(timeout_s)
-        finally:
-            if self.proc.poll() is None:
-                self.kill()
-        self._close_log()
-        return returncode
-
-    def kill(self) -> None:
-        """SIGKILL: no shutdown code runs."""
-        if self.proc is not None:
-            if self.proc.poll() is None:
-                self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait()
-        self._close_log()
-
-    def stop(self, timeout_s: float = 30.0) -> int | None:
-        """SIGTERM (uvicorn's graceful shutdown, the app's lifespan closes the store); SIGKILL if it hangs."""
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        self.proc.wait()
-        self._close_log()
-        return self.proc.returncode
-
-    def _close_log(self) -> None:
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-
-    def client(self, timeout_s: float = 30.0) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=timeout_s)
-
-    def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def rss_bytes(self) -> int:
-        assert self.proc is not None
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-        raise RuntimeError("no VmRSS line")
-
-    def __enter__(self) -> ServerProcess:
+        super().start(ready=ready, timeout_s=timeout_s)
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -3,8 +3,6 @@ ports) and real ``liverank serve --log`` replicas on top of them."""
 
 from __future__ import annotations
 
-import os
-import signal
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,7 +15,7 @@ import pytest
 from liverank.exporter.synthetic import build_synthetic_bundle
 from liverank.serving.replication.local_nats import NatsCluster
 from liverank.store import SlotDelta, SparseDelta, encode_delta
-from liverank.trainer.servers import ServerProcess
+from liverank.trainer.servers import LiverankServer
 
 DIM = 8
 
@@ -41,7 +39,7 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-class Replica(ServerProcess):
+class Replica(LiverankServer):
     """One ``liverank serve --log ...`` with its own data dir; it can be SIGKILLed and started again on it."""
 
     def __init__(self, name: str, root: Path, bundle: Path, log: str, **settings: Any) -> None:
@@ -49,17 +47,9 @@ class Replica(ServerProcess):
         env.update({f"LIVERANK_{key.upper()}": str(value) for key, value in settings.items()})
         super().__init__(name, root / name, bundle, root, extra_env=env)
 
-    def client(self) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=30, headers={"Authorization": f"Bearer {self.token}"})
-
-    @property
-    def running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
-
-    def kill(self) -> None:
-        assert self.pid is not None
-        os.kill(self.pid, signal.SIGKILL)
-        self.stop()
+    def client(self, timeout_s: float = 30.0) -> httpx.Client:
+        """With the admin token."""
+        return httpx.Client(base_url=self.url, timeout=timeout_s, headers={"Authorization": f"Bearer {self.token}"})
 
     def status(self) -> dict[str, Any]:
         with self.client() as client:
@@ -80,7 +70,8 @@ def replicas(tmp_path: Path, bundle: Path) -> Iterator[Callable[..., Replica]]:
     def start(name: str, log: str, **settings: Any) -> Replica:
         replica = Replica(name, tmp_path, bundle, log, **settings)
         started.append(replica)
-        return replica.start()
+        replica.start()
+        return replica
 
     yield start
     for replica in started:

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from liverank.server_process import ServerExited
 from liverank.serving.replication.local_nats import NatsCluster
 from liverank.store import SlotDelta, SparseDelta, encode_delta
 from tests.replication.conftest import DIM, Replica, schema_of, small_delta, wait_for
@@ -77,16 +78,18 @@ def test_nats_credentials_work_and_are_never_shown(
         a.stop()
         assert NATS_TOKEN not in a.log_path.read_text()
         wrong = Replica("wrong", tmp_path, bundle, nats.urls, nats_token="not-the-token")
-        with pytest.raises(RuntimeError, match="exited with 2"):
+        with pytest.raises(ServerExited) as exited:
             wrong.start(timeout_s=60)
+        assert exited.value.returncode == 2
         assert "cannot reach the log" in wrong.log_path.read_text()
         assert "not-the-token" not in wrong.log_path.read_text()
 
 
 def test_a_malformed_log_url_is_refused_at_start(tmp_path: Path, bundle: Path) -> None:
     bad = Replica("bad", tmp_path, bundle, "http://127.0.0.1:4222")
-    with pytest.raises(RuntimeError, match="exited with 2"):
+    with pytest.raises(ServerExited) as exited:
         bad.start(timeout_s=60)
+    assert exited.value.returncode == 2
     assert "log" in bad.log_path.read_text()
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from liverank.trainer.servers import ServerProcess
+from liverank.trainer.servers import LiverankServer
 from tests.serving.conftest import ADMIN, LiveServer, delta_bytes, manifest_of, settings_for
 
 
@@ -64,7 +64,7 @@ def test_a_killed_writer_is_restarted_and_deltas_keep_flowing(tmp_path: Path, ti
 
 @pytest.mark.slow
 def test_the_writer_exits_when_its_server_is_killed(tmp_path: Path, tiny_bundle: Path) -> None:
-    server = ServerProcess("victim", tmp_path / "data", tiny_bundle, tmp_path).start()
+    server = LiverankServer("victim", tmp_path / "data", tiny_bundle, tmp_path).start()
     assert server.pid is not None
     writers = _children(server.pid)
     assert writers, "the server started no writer process"
@@ -72,7 +72,7 @@ def test_the_writer_exits_when_its_server_is_killed(tmp_path: Path, tiny_bundle:
     server.stop()
     assert _wait(lambda: not any(Path(f"/proc/{pid}").exists() for pid in writers)), "an orphaned writer kept running"
     # and a restarted server works on the same data
-    again = ServerProcess("again", tmp_path / "data", tiny_bundle, tmp_path).start()
+    again = LiverankServer("again", tmp_path / "data", tiny_bundle, tmp_path).start()
     try:
         with httpx.Client(base_url=again.url) as client:
             assert client.get("/readyz").status_code == 200

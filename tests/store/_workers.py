@@ -276,8 +276,12 @@ def _reader(path: str, final: int, budget: int | None, timeout_s: float) -> int:
     seen.record(store.lookup_many(requests))
     _emit("ready")
     deadline = time.monotonic() + timeout_s
+    reported = seen.last_k
     while seen.last_k < final and time.monotonic() < deadline:
         seen.record(store.lookup_many(requests))
+        if seen.last_k > reported:  # the parent applies the next delta once we have seen this one
+            reported = seen.last_k
+            _emit("saw", reported)
     store.close()
     _emit("summary", json.dumps(seen.to_json()))
     return 0

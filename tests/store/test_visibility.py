@@ -34,17 +34,28 @@ from tests.store._workers import (
 )
 
 N_DELTAS = 40
-PAUSE_S = 0.01  # between deltas: readers get many reads in per delta, and many deltas land mid-read
 BUDGET_ROWS = 600  # of the group's 2,000 rows: both slots are partly resident
 MIN_DISTINCT_K = 5
+# The writer applies delta k + 1 once every reader has seen state k (readers keep looping, so deltas still land
+# mid-read): every state is read, however fast or slow the machine. The deadline only catches a hung reader.
+SEEN_DEADLINE_S = 120.0
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout_s: float = SEEN_DEADLINE_S) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"{what} did not happen within {timeout_s} s"
+        time.sleep(0.001)
+
 
 pytestmark = pytest.mark.slow
 
 
-def apply_stream(store: EmbeddingStore, n_deltas: int = N_DELTAS, pause_s: float = PAUSE_S) -> None:
+def apply_stream(store: EmbeddingStore, seen: Callable[[int], None], n_deltas: int = N_DELTAS) -> None:
+    """Apply deltas 1..n; after each, ``seen(k)`` returns once the readers have read state k."""
     for k in range(1, n_deltas + 1):
         assert store.apply(vis_delta(k)).status == "applied"
-        time.sleep(pause_s)
+        seen(k)
 
 
 def check(seen: Observations | dict[str, Any], who: str, final: int = N_DELTAS) -> None:
@@ -55,8 +66,11 @@ def check(seen: Observations | dict[str, Any], who: str, final: int = N_DELTAS) 
     assert summary["reads"] >= len(summary["ks"])
 
 
-def read_in_threads(store: EmbeddingStore, n_threads: int, writer: Callable[[], None]) -> list[Observations]:
-    """Readers loop over the whole group while ``writer`` runs, then read once more after it is done."""
+def read_in_threads(
+    store: EmbeddingStore, n_threads: int, writer: Callable[[Callable[[int], None]], None]
+) -> list[Observations]:
+    """Readers loop over the whole group while ``writer`` runs, then read once more after it is done. ``writer``
+    gets a ``seen(k)`` that waits until every reader has read state k (or one failed)."""
     requests = vis_requests()
     done = threading.Event()
     observed = [Observations() for _ in range(n_threads)]
@@ -70,11 +84,14 @@ def read_in_threads(store: EmbeddingStore, n_threads: int, writer: Callable[[], 
         except BaseException as exc:
             failures.append(exc)
 
+    def seen_by_all(k: int) -> None:
+        wait_until(lambda: bool(failures) or all(s.last_k >= k for s in observed), f"every reader seeing state {k}")
+
     threads = [threading.Thread(target=read, args=(seen,), name=f"reader-{i}") for i, seen in enumerate(observed)]
     for thread in threads:
         thread.start()
     try:
-        writer()
+        writer(seen_by_all)
     finally:
         done.set()
         for thread in threads:
@@ -89,13 +106,13 @@ def read_in_threads(store: EmbeddingStore, n_threads: int, writer: Callable[[], 
 def test_reader_process_never_sees_a_mixed_group(tmp_path: Path, budget: int | None, source: str) -> None:
     path = tmp_path / "store"
     with EmbeddingStore.open(path, slots=VIS_SLOTS, map_size_bytes=VIS_MAP_SIZE_BYTES) as store:
-        args = ["reader", str(path), "--final", str(N_DELTAS), "--timeout", "30"]
+        args = ["reader", str(path), "--final", str(N_DELTAS), "--timeout", str(2 * SEEN_DEADLINE_S)]
         if budget is not None:
             args += ["--budget", str(budget)]
         with start_child(*args) as proc:
             lines = ChildLines(proc)
             lines.wait_for("ready", timeout_s=30)
-            apply_stream(store)
+            apply_stream(store, lambda k: lines.wait_for(f"saw {k}", timeout_s=SEEN_DEADLINE_S))
             lines.read_to_eof(timeout_s=60)
             proc.wait(timeout=30)
             assert proc.stderr is not None
@@ -109,7 +126,7 @@ def test_reader_process_never_sees_a_mixed_group(tmp_path: Path, budget: int | N
 
 def test_reader_threads_in_the_writers_process_never_see_a_mixed_group(tmp_path: Path) -> None:
     with EmbeddingStore.open(tmp_path / "store", slots=VIS_SLOTS, map_size_bytes=VIS_MAP_SIZE_BYTES) as store:
-        observed = read_in_threads(store, 3, lambda: apply_stream(store))
+        observed = read_in_threads(store, 3, lambda seen: apply_stream(store, seen))
     for i, seen in enumerate(observed):
         check(seen, f"reader thread {i}")
         assert seen.sources["ram"] >= 1, seen.sources
@@ -120,7 +137,7 @@ def test_budget_limited_store_mixing_ram_and_lmdb_never_shows_a_mixed_group(tmp_
     with EmbeddingStore.open(
         path, slots=VIS_SLOTS, map_size_bytes=VIS_MAP_SIZE_BYTES, ram_budget_rows=BUDGET_ROWS
     ) as store:
-        observed = read_in_threads(store, 2, lambda: apply_stream(store))
+        observed = read_in_threads(store, 2, lambda seen: apply_stream(store, seen))
     for i, seen in enumerate(observed):
         check(seen, f"reader thread {i}")
         assert seen.sources["ram+lmdb"] >= 1, seen.sources
@@ -155,7 +172,6 @@ GROWTH_FIRST_ROWS = 3000  # delta 1: marker + 2,800 fresh rows: the tier sizes i
 GROWTH_CHUNK_ROWS = 250  # later deltas: 250 fresh rows each, so the arrays are regrown every so often
 GROWTH_DELTAS = 60
 GROWTH_ROUNDS = 12
-GROWTH_PAUSE_S = 0.003
 
 
 def growth_chunk(k: int) -> np.ndarray[Any, np.dtype[np.uint64]]:
@@ -220,7 +236,13 @@ def run_growth_round(path: Path, all_ids: np.ndarray[Any, np.dtype[np.uint64]]) 
         try:
             for k in range(1, GROWTH_DELTAS + 1):
                 store.apply(growth_delta(k))
-                time.sleep(GROWTH_PAUSE_S)
+                # Two more reads each (so one started after this apply) before the next delta: reads overlap the
+                # whole stream on any machine.
+                before = list(reads)
+                wait_until(
+                    lambda before=before: bool(problems) or all(r >= b + 2 for r, b in zip(reads, before, strict=True)),
+                    f"both readers reading after delta {k}",
+                )
         finally:
             done.set()
             for thread in threads:
@@ -243,4 +265,4 @@ def test_readers_during_tier_growth_never_fail_or_see_a_partial_delta(tmp_path: 
         problems, reads = run_growth_round(tmp_path / f"store-{round_}", all_ids)
         assert not problems, f"round {round_}: {problems[0]}"
         total_reads += reads
-    assert total_reads >= GROWTH_ROUNDS * GROWTH_DELTAS // 4, f"only {total_reads} reads overlapped the writes"
+    assert total_reads >= GROWTH_ROUNDS * GROWTH_DELTAS * 4, f"only {total_reads} reads overlapped the writes"

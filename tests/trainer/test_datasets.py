@@ -14,13 +14,13 @@ pytest.importorskip("torch")
 from liverank.trainer.datasets import DatasetUnavailable, load
 from liverank.trainer.datasets.cache import (
     ML100K_MEMBER,
+    DatasetFormatInvalid,
     cached_movielens_100k,
     extract_member,
     fetch_movielens_100k,
 )
 from liverank.trainer.datasets.criteo import MISSING_ID, N_CATEGORICAL, criteo_events, criteo_manifest, read_criteo
 from liverank.trainer.datasets.movielens import (
-    FormatError,
     Ratings,
     movielens_events,
     movielens_manifest,
@@ -89,7 +89,7 @@ def test_string_tokens_get_stable_64_bit_ids(tmp_path: Path) -> None:
 def test_malformed_ratings_are_refused_with_the_reason(tmp_path: Path, text: str, match: str) -> None:
     path = tmp_path / "bad.data"
     path.write_text(text)
-    with pytest.raises(FormatError, match=match):
+    with pytest.raises(DatasetFormatInvalid, match=match):
         read_ratings(path)
 
 

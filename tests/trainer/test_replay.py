@@ -15,8 +15,7 @@ from liverank.exporter.onnx_export import export_bundle  # noqa: E402
 from liverank.trainer.datasets import load  # noqa: E402
 from liverank.trainer.datasets.criteo import criteo_manifest, write_synthetic_criteo  # noqa: E402
 from liverank.trainer.datasets.movielens import write_synthetic_ratings  # noqa: E402
-from liverank.trainer.generic import FieldTower, GenericTrainer, concat_batches  # noqa: E402
-from liverank.trainer.online import TrainerConfig  # noqa: E402
+from liverank.trainer.generic import FieldTower, GenericTrainer, TrainerConfig, concat_batches  # noqa: E402
 from liverank.trainer.replay import REQUEST_MAX_CANDIDATES, main, shard_requests, trainer_view  # noqa: E402
 
 

@@ -15,7 +15,7 @@ from typing import Any, Literal
 import numpy as np
 
 from liverank.store.manifest import Manifest
-from liverank.trainer.datasets.cache import DatasetUnavailable, cache_dir, fetch_movielens_100k
+from liverank.trainer.datasets.cache import DatasetFormatInvalid, DatasetUnavailable, cache_dir, fetch_movielens_100k
 from liverank.trainer.datasets.criteo import criteo_events, criteo_manifest, read_criteo, write_synthetic_criteo
 from liverank.trainer.datasets.movielens import (
     describe,
@@ -27,7 +27,7 @@ from liverank.trainer.datasets.movielens import (
 from liverank.trainer.events import I64Array
 from liverank.trainer.generic import ColumnBatch
 
-__all__ = ["DATASETS", "DatasetUnavailable", "ReplayData", "load"]
+__all__ = ["DATASETS", "DatasetFormatInvalid", "DatasetUnavailable", "ReplayData", "load"]
 
 Format = Literal["movielens", "criteo"]
 DATASETS: tuple[str, ...] = ("movielens-100k", "synthetic-movielens", "synthetic-criteo")

@@ -39,6 +39,16 @@ class DatasetUnavailable(LiverankError):
     code = "dataset_unavailable"
 
 
+class DatasetFormatInvalid(LiverankError, ValueError):
+    """A data file that is not in the reader's format, or a malformed line; the message names the file and line.
+
+    Also a ``ValueError``: the readers raise it where a value fails to parse, and callers that only know the
+    standard library can still catch it as one.
+    """
+
+    code = "dataset_format_invalid"
+
+
 def cache_dir(override: str | Path | None = None) -> Path:
     """Where data sets are kept: ``override``, else ``$LIVERANK_DATASETS_DIR``, else ``~/.cache/liverank/datasets``."""
     if override is not None:

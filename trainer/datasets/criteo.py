@@ -21,6 +21,7 @@ import numpy as np
 
 from liverank.store.manifest import Feature, Head, Manifest, build_manifest
 from liverank.store.slots import SlotConfig
+from liverank.trainer.datasets.cache import DatasetFormatInvalid
 from liverank.trainer.events import F32Array, U64Array
 from liverank.trainer.features import single
 from liverank.trainer.generic import ColumnBatch
@@ -32,10 +33,6 @@ N_FIELDS = 1 + N_NUMERIC + N_CATEGORICAL
 MISSING_ID = 1 << 32
 NUMERIC_NAMES: tuple[str, ...] = tuple(f"I{i}" for i in range(1, N_NUMERIC + 1))
 CATEGORICAL_NAMES: tuple[str, ...] = tuple(f"C{i}" for i in range(1, N_CATEGORICAL + 1))
-
-
-class FormatError(ValueError):
-    """A line that is not label, 13 integers and 26 hex hashes, tab separated."""
 
 
 @dataclass(frozen=True)
@@ -64,20 +61,22 @@ def read_criteo(path: str | Path, *, max_events: int | None = None) -> CriteoLog
                 continue
             fields = line.rstrip("\r\n").split("\t")
             if len(fields) != N_FIELDS:
-                raise FormatError(f"{path}:{number}: expected {N_FIELDS} tab-separated fields, got {len(fields)}")
+                raise DatasetFormatInvalid(
+                    f"{path}:{number}: expected {N_FIELDS} tab-separated fields, got {len(fields)}"
+                )
             try:
                 label = int(fields[0])
                 ints = [0.0 if not x else math.log1p(max(int(x), 0)) for x in fields[1 : 1 + N_NUMERIC]]
                 cats = [MISSING_ID if not x else int(x, 16) for x in fields[1 + N_NUMERIC :]]
             except ValueError as exc:
-                raise FormatError(f"{path}:{number}: {exc}") from exc
+                raise DatasetFormatInvalid(f"{path}:{number}: {exc}") from exc
             if label not in (0, 1):
-                raise FormatError(f"{path}:{number}: the label must be 0 or 1, got {label}")
+                raise DatasetFormatInvalid(f"{path}:{number}: the label must be 0 or 1, got {label}")
             labels.append(float(label))
             numbers.append(ints)
             categories.append(cats)
     if not labels:
-        raise FormatError(f"{path}: no events")
+        raise DatasetFormatInvalid(f"{path}: no events")
     return CriteoLog(
         labels=np.asarray(labels, dtype=np.float32),
         numbers=np.asarray(numbers, dtype=np.float32).reshape(-1, N_NUMERIC),

@@ -27,6 +27,7 @@ import numpy as np
 
 from liverank.store.manifest import Feature, Head, Manifest, build_manifest
 from liverank.store.slots import SlotConfig
+from liverank.trainer.datasets.cache import DatasetFormatInvalid
 from liverank.trainer.events import F32Array, I64Array, U64Array
 from liverank.trainer.features import IdColumn, single
 from liverank.trainer.generic import ColumnBatch
@@ -40,10 +41,6 @@ FEATURES: tuple[Feature, ...] = (
     Feature("hist_item_ids", "user", "id_list", "item_id", "mean", HIST_MAX_LEN),
     Feature("item_id", "candidate", "id", "item_id"),
 )
-
-
-class FormatError(ValueError):
-    """A ratings file that is not in any of the known MovieLens forms, or a malformed line."""
 
 
 @dataclass(frozen=True)
@@ -74,20 +71,20 @@ def read_ratings(path: str | Path) -> Ratings:
     with open(path, encoding="utf-8") as f:
         first = f.readline()
         if not first.strip():
-            raise FormatError(f"{path}: empty file")
+            raise DatasetFormatInvalid(f"{path}: empty file")
         columns, sep, has_header = _sniff(first, path)
         rows: list[list[str]] = [] if has_header else [_split(first, sep, path, 1, len(columns))]
         for number, line in enumerate(f, start=2):
             if line.strip():
                 rows.append(_split(line, sep, path, number, len(columns)))
     if not rows:
-        raise FormatError(f"{path}: a header and no ratings")
+        raise DatasetFormatInvalid(f"{path}: a header and no ratings")
     table = list(zip(*rows, strict=True))
     try:
         ratings = np.asarray(table[columns["rating"]], dtype=np.float32)
         timestamps = np.asarray([int(float(t)) for t in table[columns["timestamp"]]], dtype=np.int64)
     except ValueError as exc:
-        raise FormatError(f"{path}: a rating or timestamp is not a number ({exc})") from exc
+        raise DatasetFormatInvalid(f"{path}: a rating or timestamp is not a number ({exc})") from exc
     order = np.argsort(timestamps, kind="stable")
     return Ratings(
         user_ids=_token_ids(table[columns["user"]])[order],
@@ -110,18 +107,18 @@ def _sniff(first: str, path: Path) -> tuple[dict[str, int], str, bool]:
     line = first.rstrip("\r\n")
     sep = "::" if "::" in line else "\t" if "\t" in line else "," if "," in line else None
     if sep is None:
-        raise FormatError(f"{path}: cannot tell the separator of {line[:80]!r} (expected tab, '::' or ',')")
+        raise DatasetFormatInvalid(f"{path}: cannot tell the separator of {line[:80]!r} (expected tab, '::' or ',')")
     fields = line.split(sep)
     if all(_is_number(x) for x in fields):
         if len(fields) < 4:
-            raise FormatError(f"{path}: expected user, item, rating, timestamp; got {len(fields)} fields")
+            raise DatasetFormatInvalid(f"{path}: expected user, item, rating, timestamp; got {len(fields)} fields")
         return {"user": 0, "item": 1, "rating": 2, "timestamp": 3}, sep, False
     names = [x.split(":", 1)[0].strip().lower() for x in fields]  # RecBole's "name:type"
     columns = {}
     for key, aliases in _HEADER_NAMES.items():
         found = [i for i, name in enumerate(names) if name in aliases]
         if not found:
-            raise FormatError(f"{path}: the header {line[:120]!r} names no {key} column")
+            raise DatasetFormatInvalid(f"{path}: the header {line[:120]!r} names no {key} column")
         columns[key] = found[0]
     return columns, sep, True
 
@@ -129,7 +126,7 @@ def _sniff(first: str, path: Path) -> tuple[dict[str, int], str, bool]:
 def _split(line: str, sep: str, path: Path, number: int, n_columns: int) -> list[str]:
     fields = line.rstrip("\r\n").split(sep)
     if len(fields) < n_columns:
-        raise FormatError(f"{path}:{number}: expected {n_columns} fields, got {len(fields)}: {line[:80]!r}")
+        raise DatasetFormatInvalid(f"{path}:{number}: expected {n_columns} fields, got {len(fields)}: {line[:80]!r}")
     return fields
 
 
@@ -151,7 +148,7 @@ def _token_ids(tokens: tuple[str, ...] | list[str]) -> U64Array:
             for t in tokens
         ]
     if values and min(values) < 0:
-        raise FormatError("ids must be non-negative integers or tokens")
+        raise DatasetFormatInvalid("ids must be non-negative integers or tokens")
     return np.asarray(values, dtype=np.uint64)
 
 
