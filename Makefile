@@ -10,7 +10,7 @@ PIP_INSTALL := $(BIN)/python -m pip install --disable-pip-version-check -q -c co
 # Re-install when the dependencies or the C kernel change. torch comes from the train extra (CPU build on disk).
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: test demo lint typecheck layers dockerlint pytest clean bench-store
+.PHONY: test demo cluster lint typecheck layers dockerlint pytest clean bench-store
 
 $(STAMP): pyproject.toml setup.py constraints.txt store/_kernel.c
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ test: lint typecheck layers dockerlint pytest
 # About 2 minutes on 2 cores; results (summary.json, auc.png) in results/demo-<time>/.
 demo: $(STAMP)
 	$(BIN)/liverank demo
+
+# Replicated mode on loopback: a 3-node NATS JetStream cluster and 3 replicas with a synthetic bundle (Ctrl-C stops).
+cluster: $(STAMP)
+	$(BIN)/liverank cluster up
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -19,6 +19,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "export": ("liverank.exporter.cli", "build bundles and deltas (e.g. a synthetic bundle, no torch needed)"),
     "push": ("liverank.exporter.push_cli", "push delta files or a bundle to a running server"),
     "demo": ("liverank.trainer.demo", "the live loop: a learning model served fresh vs frozen, with a dashboard"),
+    "snapshot": ("liverank.serving.replication.snapshot_cli", "copy a store (a running server's too) into a snapshot"),
+    "cluster": ("liverank.trainer.cluster", "replicated mode on loopback: NATS JetStream cluster + 3 replicas"),
     "replay": (
         "liverank.trainer.replay",
         "replay a data set in time order through live servers (Monolith's sync experiment)",

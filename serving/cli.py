@@ -42,6 +42,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--shared-tier-dir", type=Path, help="where the shared RAM tier lives (LIVERANK_SHARED_TIER_DIR, /dev/shm)"
     )
+    p.add_argument(
+        "--log", help="replicated mode: the shared delta log, nats://host:port[,...] (LIVERANK_LOG; README, Replicas)"
+    )
+    p.add_argument("--stream", help="the log's JetStream stream name (LIVERANK_STREAM, default liverank)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return p
 

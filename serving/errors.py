@@ -131,3 +131,9 @@ class ConfigInvalid(ServingError):
     """The server's settings cannot work (e.g. no admin token on a non-loopback address)."""
 
     code = "invalid_config"
+
+
+class LogUnavailable(ServingError):
+    """Replicated mode: the shared log did not acknowledge a push (no quorum, no connection); nothing was accepted."""
+
+    code = "log_unavailable"

@@ -37,6 +37,7 @@ class Follower:
         self._seen_token = 0  # the writer whose running totals the two dicts above hold
         self.drained_at_start = threading.Event()
         self.last_apply_ms: int | None = None
+        self.writer_status: dict[str, Any] = {}  # the writer's last status record (its delta source's state too)
         self.freshness = Freshness(store, metrics)
 
     def start(self) -> None:
@@ -93,6 +94,7 @@ class Follower:
         status: dict[str, Any] = self._store.lmdb.get_app_record(STATUS_RECORD) or {}
         if status.get("token") != self._writer.token:
             return  # a previous writer's record: this one has not reported yet
+        self.writer_status = status
         if self._seen_token != self._writer.token:  # a restarted writer counts from zero again
             self._seen_token = self._writer.token
             self._failures_seen.clear()

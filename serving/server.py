@@ -10,12 +10,17 @@ in-flight requests):
    applies the inbox and publishes every delta; a thread here restarts it (backing off) if it dies;
 4. the workers: spawned interpreters (LMDB opened after the fork), ``LIVERANK_ROLE=worker``: they map the shared
    tier read-only, never write rows, never follow deltas (``serving/worker_sync.py``).
+
+Replicated mode (``--log``): the master restores a snapshot first if the store cannot follow the log on from where it
+is, the writer reads the JetStream log instead of the LMDB inbox (one consumer per server), and any worker appends
+pushes and bundle records to the log (serving/replication/replica.py).
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import logging
 import os
 import shutil
@@ -31,6 +36,7 @@ from uvicorn.supervisors import Multiprocess
 
 from liverank.serving.bundles import BundleManager
 from liverank.serving.model_slot import ModelSlot
+from liverank.serving.services import connect_replication
 from liverank.serving.settings import Settings
 from liverank.serving.writer import STATUS_RECORD, WriterProcess, writer_config
 from liverank.store import EmbeddingStore
@@ -57,10 +63,25 @@ def listening_socket(config: uvicorn.Config) -> socket.socket:
 
 
 def prepare_server(settings: Settings) -> str | None:
-    """Make the bundle live once for the whole server (and check the store opens). Returns the live bundle id."""
-    store = EmbeddingStore.open(
-        settings.store_path, map_size_bytes=settings.map_size_bytes, durability=settings.durability, tier="none"
+    """Make the bundle live once for the whole server (and check the store opens). Returns the live bundle id.
+
+    Replicated mode (``--log``): a new replica, or one behind what the log still holds, restores a snapshot here,
+    before the writer builds the shared tier from the store."""
+    open_store = functools.partial(
+        EmbeddingStore.open,
+        settings.store_path,
+        map_size_bytes=settings.map_size_bytes,
+        durability=settings.durability,
+        tier="none",
     )
+    replication = connect_replication(settings)
+    if replication is None:
+        store = open_store()
+    else:
+        try:
+            store = replication.open_store(open_store)
+        finally:
+            replication.close()
     try:
         bundles = BundleManager(
             settings.bundles_path,

@@ -10,12 +10,13 @@ brings this process's RAM tier along). Closing runs in reverse.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import generate_latest
 
@@ -33,6 +34,10 @@ from liverank.serving.worker_sync import WorkerSync
 from liverank.serving.writer import WriterProcess, writer_config
 from liverank.store import EmbeddingStore, Inbox
 from liverank.store.manifest import manifest_to_json
+
+if TYPE_CHECKING:  # replicated mode needs the replication extra (nats-py): imported only with --log
+    from liverank.serving.replication.publisher import LogIntake
+    from liverank.serving.replication.replica import Replication
 
 log = logging.getLogger(__name__)
 
@@ -67,9 +72,10 @@ class Services:
     bundles: BundleManager
     ranker: Ranker
     follower: Follower | WorkerSync
-    intake: DeltaIntake
+    intake: DeltaIntake | LogIntake
     history: StatusHistory
     started_at_ms: int
+    replication: Replication | None = None  # replicated mode (--log): the shared log's parts in this process
     _tier_seen: tuple[int, int] = (0, 0)
     _tier_lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -78,7 +84,8 @@ class Services:
         check_settings(settings)
         started = time.perf_counter()
         worker = settings.role == "worker"
-        store = EmbeddingStore.open(
+        open_store = functools.partial(
+            EmbeddingStore.open,
             settings.store_path,
             map_size_bytes=settings.map_size_bytes,
             durability=settings.durability,
@@ -86,14 +93,26 @@ class Services:
             tier="map" if worker else "local",
             shared_tier_dir=settings.tier_path if worker else None,
         )
+        replication = connect_replication(settings)
         try:
-            return cls._assemble(settings, store, started)
+            # Replicated mode: a new replica, or one behind what the log still holds, restores a snapshot first.
+            # In a ``liverank serve`` server the master did that before the writer built the shared tier.
+            bootstrap = replication.open_store if replication is not None and not worker else None
+            store = bootstrap(open_store) if bootstrap is not None else open_store()
+            try:
+                return cls._assemble(settings, store, started, replication)
+            except BaseException:
+                store.close()
+                raise
         except BaseException:
-            store.close()
+            if replication is not None:
+                replication.close()
             raise
 
     @classmethod
-    def _assemble(cls, settings: Settings, store: EmbeddingStore, started: float) -> Services:
+    def _assemble(
+        cls, settings: Settings, store: EmbeddingStore, started: float, replication: Replication | None
+    ) -> Services:
         metrics = Metrics()
         model_slot = ModelSlot()
         bundles = BundleManager(
@@ -128,6 +147,8 @@ class Services:
             )
         else:
             follower = _standalone_follower(settings, store, metrics)
+        if replication is not None:
+            replication.attach(store, bundles, metrics)
         limits = Limits(settings.max_candidates, settings.max_list_ids, settings.max_k)
         services = cls(
             settings=settings,
@@ -138,13 +159,16 @@ class Services:
             bundles=bundles,
             ranker=Ranker(store, model_slot, limits),
             follower=follower,
-            intake=DeltaIntake(store, inbox, metrics),
+            intake=DeltaIntake(store, inbox, metrics) if replication is None else replication.log_intake(),
             history=StatusHistory(interval_s=settings.status_interval_s, capacity=settings.status_history_points),
             started_at_ms=time.time_ns() // 1_000_000,
+            replication=replication,
         )
         services.note_live_bundle()
         follower.start()
         services.history.start(services.observe)
+        if replication is not None:
+            replication.start()
         log.info(
             "liverank ready to start in %.1f s: store %s, bundle %s",
             time.perf_counter() - started,
@@ -155,6 +179,8 @@ class Services:
 
     def close(self) -> None:
         self.history.stop()
+        if self.replication is not None:
+            self.replication.close()
         self.follower.stop()
         self.store.close()
 
@@ -197,13 +223,15 @@ class Services:
 
     def install_bundle(self, archive: bytes) -> dict[str, Any]:
         """Check, warm and swap in an uploaded bundle archive; the answer names the new live bundle."""
-        live = self.bundles.install_archive(archive)
+        bundle_log = self.replication and self.replication.bundle_log  # replicated: installed here, then published
+        live = bundle_log.upload(archive) if bundle_log else self.bundles.install_archive(archive)
         self.metrics.bundle_swaps.labels(how="upload").inc()
         return self._went_live_everywhere(live)
 
     def rollback(self) -> dict[str, Any]:
         """Make the previous bundle live again; the answer names it."""
-        live = self.bundles.rollback()
+        bundle_log = self.replication and self.replication.bundle_log  # replicated: a record for every replica
+        live = bundle_log.rollback() if bundle_log else self.bundles.rollback()
         self.metrics.bundle_swaps.labels(how="rollback").inc()
         return self._went_live_everywhere(live)
 
@@ -289,6 +317,7 @@ class Services:
             "bundles": self.bundles.history(),
             "parity_bounds": self.bundles.parity_bounds(),
             "quarantined_deltas": self.store.lmdb.get_app_record("quarantine") or [],
+            "log": self.log_status(),
             "started_at_ms": self.started_at_ms,
             **self._server_status(),
         }
@@ -345,7 +374,38 @@ class Services:
             return False, "the writer process or its follower has stopped"
         if isinstance(self.follower, WorkerSync) and not self.follower.writer_alive:
             return False, "the server's writer process is not running"
+        log_status = self.log_status()
+        if log_status is not None:
+            if log_status.get("state") != "following":
+                return False, f"the shared log is {log_status.get('state', 'not read yet')}"
+            if log_status["lag_records"] > self.settings.log_max_lag_records:
+                lag, limit = log_status["lag_records"], self.settings.log_max_lag_records
+                return False, f"{lag} log records behind (ready within {limit})"
         return True, "ready"
+
+    def rows_checksum(self) -> dict[str, Any]:
+        """A digest of every stored row with the sequences and log position it reflects (replica convergence)."""
+        return {**self.store.rows_checksum(), "epoch": self.epoch()}
+
+    def log_status(self) -> dict[str, Any] | None:
+        """Replicated mode: this replica's reading of the log (applied position, lag, state); None otherwise."""
+        if self.replication is None:
+            return None
+        return self.replication.status(self.follower.writer_status)
+
+
+def connect_replication(settings: Settings) -> Replication | None:
+    """Replicated mode (``--log``): connected to the log, its stream made sure of; None without ``--log``."""
+    if settings.log is None:
+        return None
+    try:
+        from liverank.serving.replication.replica import Replication  # noqa: PLC0415 - the replication extra
+    except ImportError as exc:
+        raise ConfigInvalid(
+            f"replicated mode (--log) needs the replication extra ({exc.name} is missing): "
+            "pip install 'liverank[replication]'"
+        ) from exc
+    return Replication.connect(settings)
 
 
 def _standalone_follower(settings: Settings, store: EmbeddingStore, metrics: Metrics) -> Follower:

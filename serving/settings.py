@@ -79,6 +79,27 @@ class Settings(BaseSettings):
         0.001, gt=0, description="sys.setswitchinterval: how long a thread may hold the GIL while others wait"
     )
 
+    # Replicated mode (README, "Replicas"): without ``log`` the server runs alone on its embedded LMDB inbox.
+    log: str | None = Field(
+        None,
+        pattern=r"^nats://[^,\s]+(,nats://[^,\s]+)*$",
+        description="the shared delta log: NATS JetStream server URLs, comma-separated (nats://host:port[,...])",
+    )
+    stream: str = Field("liverank", pattern=r"^[A-Za-z0-9_-]{1,64}$", description="the JetStream stream's name")
+    stream_replicas: int = Field(1, ge=1, le=5, description="copies of the stream kept by the NATS cluster")
+    stream_max_age_s: float = Field(24 * 3600.0, gt=0, description="the stream drops records older than this")
+    stream_max_bytes: int | None = Field(None, ge=1 << 20, description="the stream drops its oldest records past this")
+    log_max_lag_records: int = Field(
+        100, ge=0, description="a replica reports ready only once it is at most this many log records behind"
+    )
+    snapshot_interval_s: float = Field(
+        3600.0, ge=0, description="how often a replica publishes a snapshot of its store for bootstrapping (0: never)"
+    )
+    log_timeout_s: float = Field(5.0, gt=0, description="how long a push waits for the log's acknowledgement")
+    nats_user: str | None = None
+    nats_password: SecretStr | None = None
+    nats_token: SecretStr | None = None
+
     max_candidates: int = Field(2_000, ge=1)
     max_list_ids: int = Field(256, ge=1, description="ids per list feature value (also capped by the manifest)")
     max_rank_body_bytes: int = Field(8 * 1024**2, ge=1024)

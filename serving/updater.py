@@ -15,10 +15,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from liverank.serving.delta_source import DeltaSource
 from liverank.store import (
     DeltaError,
     EmbeddingStore,
-    Inbox,
     InboxEntry,
     SchemaMismatch,
     SequenceGap,
@@ -39,7 +39,7 @@ class Updater:
     def __init__(
         self,
         store: EmbeddingStore,
-        inbox: Inbox,
+        inbox: DeltaSource,
         *,
         poll_s: float,
         flush_interval_s: float,
@@ -52,7 +52,7 @@ class Updater:
         self._sweep_interval_s = sweep_interval_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="liverank-updater", daemon=True)
-        self._waiting_schema: set[bytes] = set()
+        self._waiting_schema: set[tuple[str, int]] = set()  # (producer, seq): warned about once
         self.drained_at_start = threading.Event()
         self.last_apply_ms: int | None = None
         # Reported in ``status_record``; the server's follower turns them into its metrics.
@@ -117,9 +117,11 @@ class Updater:
                 continue
             if not self._apply(entry):
                 blocked.add(entry.producer)  # later sequences of this producer must wait for this one
+                if self._inbox.in_order:
+                    break  # a log's later records (any producer's) wait too: its position moves in order
                 continue
             applied_any = True
-        if not applied_any and not self.drained_at_start.is_set() and all(e.producer in blocked for e in entries):
+        if not applied_any and not self.drained_at_start.is_set() and blocked:
             self.drained_at_start.set()  # what is left waits for a bundle; serving must not wait for it
         return applied_any
 
@@ -127,11 +129,17 @@ class Updater:
         try:
             delta = entry.delta()
             result = self._store.apply(
-                delta, inbox_key=entry.key, payload=entry.payload, received_at_ms=entry.received_at_ms
+                delta,
+                inbox_key=entry.key,
+                payload=entry.payload,
+                received_at_ms=entry.received_at_ms,
+                log_position=entry.log_position,
             )
         except SchemaMismatch as exc:
-            if entry.key not in self._waiting_schema:
-                self._waiting_schema.add(entry.key)
+            if self._store.reload_schema():  # the server made a bundle of another schema live: look again
+                return self._apply(entry)
+            if (entry.producer, entry.seq) not in self._waiting_schema:
+                self._waiting_schema.add((entry.producer, entry.seq))
                 self._fail("schema_mismatch")
                 log.warning("delta %s/%s waits for a bundle of its schema: %s", entry.producer, entry.seq, exc.message)
             return False
@@ -148,7 +156,7 @@ class Updater:
             log.error("delta %s/%s not applied: %s", entry.producer, entry.seq, exc.message)
             self._stop.wait(_BACKOFF_S)
             return False
-        self._waiting_schema.discard(entry.key)
+        self._waiting_schema.discard((entry.producer, entry.seq))
         now_ms = time.time_ns() // 1_000_000
         if result.status == "applied":
             self.deltas_applied += 1
@@ -175,7 +183,7 @@ class Updater:
             }
         )
         self._store.lmdb.put_app_record(QUARANTINE_RECORD, kept[-_QUARANTINE_KEEP:])
-        self._inbox.remove(entry.key)
+        self._inbox.discard(entry)
 
     def _sweep(self) -> None:
         for slot, removed in self._store.sweep_expired().items():
@@ -194,4 +202,5 @@ class Updater:
             "deltas_applied": self.deltas_applied,
             "rows_applied": self.rows_applied,
             "publish_window_s": self.publish_window_s,
+            "source": self._inbox.status(),
         }

@@ -24,6 +24,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from liverank.serving.delta_source import DeltaSource
 from liverank.serving.freshness import Freshness
 from liverank.serving.memory import release_free_memory
 from liverank.serving.metrics import Metrics, add_new
@@ -51,6 +52,7 @@ class WriterConfig:
     log_level: int
     shared_tier_dir: str | None = None  # set: this writer builds and publishes the shared RAM tier there
     ram_budget_rows: int = 0
+    log: dict[str, Any] | None = None  # replicated mode: a LogConfig's fields (the writer reads the shared log)
 
 
 def writer_config(settings: Settings, *, shared_tier: bool) -> WriterConfig:
@@ -67,7 +69,18 @@ def writer_config(settings: Settings, *, shared_tier: bool) -> WriterConfig:
         log_level=logging.getLogger().getEffectiveLevel(),
         shared_tier_dir=str(settings.tier_path) if shared_tier else None,
         ram_budget_rows=settings.ram_budget_rows,
+        log=_log_fields(settings),
     )
+
+
+def _log_fields(settings: Settings) -> dict[str, Any] | None:
+    """Replicated mode: the ``LogConfig`` the writer reads the shared log with, as plain values (nats is imported
+    only then)."""
+    if settings.log is None:
+        return None
+    from liverank.serving.replication.link import log_config_from  # noqa: PLC0415 - the replication extra
+
+    return asdict(log_config_from(settings))
 
 
 def _writer_main(config: dict[str, Any], stop: Connection, token: int, parent_pid: int) -> None:
@@ -82,10 +95,12 @@ def _writer_main(config: dict[str, Any], stop: Connection, token: int, parent_pi
         ram_budget_rows=cfg.ram_budget_rows,
     )
     release_free_memory()  # the heap the shared tier's build used (LMDB rows read in chunks) goes back to the OS
+    source: DeltaSource | None = None
     try:
+        source = _open_source(cfg, store)
         updater = Updater(
             store,
-            Inbox(store.lmdb, cfg.inbox_max_depth),
+            source,
             poll_s=cfg.poll_s,
             flush_interval_s=cfg.flush_interval_s,
             sweep_interval_s=cfg.sweep_interval_s,
@@ -121,6 +136,9 @@ def _writer_main(config: dict[str, Any], stop: Connection, token: int, parent_pi
                 break
         updater.stop()
     finally:
+        stop_source = getattr(source, "stop", None)  # the log's connection (the inbox has nothing to stop)
+        if stop_source is not None:
+            stop_source()
         store.close()
 
 
@@ -148,6 +166,18 @@ class WriterMetrics:
         add_new(dict(updater.failures), self._failures_seen, m.updater_failures, "kind")
         add_new(dict(updater.expired_by_slot), self._expired_seen, m.rows_expired, "slot")
         return {"push_to_visible": self._freshness.summary(), "visible_seq": dict(self._visible_seq)}
+
+
+def _open_source(cfg: WriterConfig, store: EmbeddingStore) -> DeltaSource:
+    """The embedded inbox, or in replicated mode the shared log (nats is imported only then)."""
+    if cfg.log is None:
+        return Inbox(store.lmdb, cfg.inbox_max_depth)
+    from liverank.serving.replication.consumer import LogSource  # noqa: PLC0415 - the replication extra
+    from liverank.serving.replication.link import LogConfig  # noqa: PLC0415
+
+    source = LogSource(store, LogConfig(**{**cfg.log, "servers": tuple(cfg.log["servers"])}))
+    source.start()
+    return source
 
 
 class WriterProcess:

@@ -15,6 +15,7 @@ Tier modes (``open(tier=...)``): ``local``, a RAM tier of this process's own (te
 from __future__ import annotations
 
 import bisect
+import hashlib
 import itertools
 import logging
 import os
@@ -221,6 +222,19 @@ class EmbeddingStore:
             self._lmdb.set_schema_hash(schema_hash)
             self._schema_hash = schema_hash
 
+    def reload_schema(self) -> bool:
+        """Take the slots and schema another process bound (a writer process after the server made a bundle
+        live). True if they changed."""
+        with self._write_lock, self._lmdb.read() as txn:
+            schema_hash = self._lmdb.schema_hash(txn)
+            slots = self._lmdb.slot_table(txn)
+            if schema_hash == self._schema_hash and slots.keys() == self._slots.keys():
+                return False
+            self._slots = slots
+            self._schema_hash = schema_hash
+            self._tier.configure(self.slots)
+            return True
+
     def _warm(self) -> None:
         """Fill a fresh RAM tier from one LMDB snapshot, slot by slot, in chunks (bounded memory), then use it."""
         started = time.perf_counter()
@@ -346,18 +360,20 @@ class EmbeddingStore:
         inbox_key: bytes | None = None,
         payload: bytes | None = None,
         received_at_ms: int = 0,
+        log_position: int | None = None,
     ) -> ApplyResult:
         """Validate and apply one delta, all or nothing. Duplicates are no-ops; gaps raise ``SequenceGap``.
 
         ``payload``: the delta's binary form if the caller has it (saves encoding it again for the changelog).
         ``received_at_ms``: when the delta arrived, kept in the changelog for followers' freshness figures.
+        ``log_position``: the shared-log record it came from (replicated mode), recorded with the rows.
         """
         with self._write_lock:
             if self._publisher is not None:
                 self.refresh_config()  # workers declare slots and bind schemas when bundles go live
             prepared = prepare_delta(delta, self._slots, self._schema_hash)
             binary = payload if payload is not None else encode_delta(delta)
-            result = self._lmdb.apply(prepared, binary, inbox_key, received_at_ms)
+            result = self._lmdb.apply(prepared, binary, inbox_key, received_at_ms, log_position)
             if result.status == "applied" and self._publisher is not None:
                 self._publish(prepared, result.generation)
             elif result.status == "applied" and self._tier_ok:
@@ -633,6 +649,28 @@ class EmbeddingStore:
         if self._publisher is not None:
             return dict(self._publisher.epoch.resident)
         return self._tier.resident_by_slot()
+
+    def log_position(self) -> int:
+        with self._lmdb.read() as txn:
+            return self._lmdb.log_position(txn)
+
+    def rows_checksum(self) -> dict[str, Any]:
+        """A digest of every stored row (key and value bytes, in key order) with the sequences and log position of
+        the same snapshot: two replicas that applied the same records hold equal digests. Reads every row (seconds
+        per million): for convergence checks, not for a hot path."""
+        digest = hashlib.blake2b(digest_size=16)
+        rows = 0
+        with self._lmdb.read() as txn:
+            for key, value in txn.cursor(db=self._lmdb.rows_db):
+                digest.update(len(key).to_bytes(4, "little") + key + len(value).to_bytes(4, "little") + value)
+                rows += 1
+            return {
+                "rows_digest": digest.hexdigest(),
+                "rows": rows,
+                "applied_seq": self._lmdb.applied_seqs(txn),
+                "log_position": self._lmdb.log_position(txn),
+                "generation": self._lmdb.generation(txn),
+            }
 
     def stats(self) -> StoreStats:
         with self._lmdb.read() as txn:

@@ -39,11 +39,15 @@ class EnqueueResult:
 
 @dataclass(frozen=True)
 class InboxEntry:
-    key: bytes
+    """A delta waiting to be applied: from the inbox (``key``) or, in replicated mode, from the shared log
+    (``log_position``, its stream sequence; ``key`` is None)."""
+
+    key: bytes | None
     producer: str
     seq: int
     received_at_ms: int
     payload: bytes
+    log_position: int | None = None
 
     def delta(self) -> SparseDelta:
         return decode_delta(self.payload)
@@ -58,7 +62,9 @@ def _parse_key(key: bytes) -> tuple[str, int]:
 
 
 class Inbox:
-    """Bounded, durable, ordered per producer."""
+    """Bounded, durable, ordered per producer. A ``DeltaSource`` for the writer (serving/delta_source.py)."""
+
+    in_order = False  # producers are independent: one waiting for its schema does not hold up the others
 
     def __init__(self, store: LmdbStore, max_depth: int) -> None:
         self._store = store
@@ -115,6 +121,14 @@ class Inbox:
     def depth(self) -> int:
         with self._store.read() as txn:
             return int(txn.stat(self._store.inbox_db)["entries"])
+
+    def discard(self, entry: InboxEntry) -> None:
+        """Drop an entry that can never apply (quarantined by the updater)."""
+        if entry.key is not None:
+            self.remove(entry.key)
+
+    def status(self) -> dict[str, object]:
+        return {"kind": "inbox", "depth": self.depth()}
 
     def remove(self, key: bytes) -> None:
         """Drop an entry without applying it (an artifact quarantined by the updater)."""

@@ -45,6 +45,9 @@ _META_SLOTS = b"slots"
 _META_GENERATION = b"generation"
 _META_SCHEMA = b"schema_hash"
 _META_LOG_BYTES = b"changelog_bytes"
+# Replicated mode: the position (stream sequence) of the last log record this store has applied or skipped. It is
+# written in the same transaction as the rows a record brings, so a restart resumes exactly after it.
+_META_LOG_POSITION = b"log_position"
 _SEQ_PREFIX = b"seq/"
 _ROWS_PREFIX = b"rows/"
 _APP_PREFIX = b"app/"
@@ -294,6 +297,49 @@ class LmdbStore:
                 out[key[len(_SEQ_PREFIX) :].decode()] = _u64(value)
         return out
 
+    def log_position(self, txn: Txn) -> int:
+        """The last shared-log record applied (or skipped) here; 0 before the first (or without a log)."""
+        return _u64(txn.get(_META_LOG_POSITION, db=self.meta_db))
+
+    def advance_log_position(self, position: int, app_records: dict[str, Any] | None = None) -> None:
+        """Mark a log record that changes no rows (a bundle record, a quarantined delta) as done, with the app
+        records it leaves for the serving layer (e.g. the bundle to install), in one transaction."""
+        self.check_usable()
+        with self.env.begin(write=True) as txn:
+            self._put_log_position(txn, position)
+            for name, value in (app_records or {}).items():
+                txn.put(_APP_PREFIX + name.encode(), orjson.dumps(value), db=self.meta_db)
+
+    def _put_log_position(self, txn: Txn, position: int) -> None:
+        if position <= self.log_position(txn):
+            raise ValueError(f"log position {position} is not after {self.log_position(txn)}: records apply in order")
+        txn.put(_META_LOG_POSITION, _U64.pack(position), db=self.meta_db)
+
+    def snapshot_to(self, directory: str | os.PathLike[str]) -> dict[str, Any]:
+        """Copy the environment into ``directory`` (new or empty) without stopping writers: LMDB copies the MVCC
+        snapshot of one read transaction (compacted). Returns what that snapshot holds: every producer's applied
+        seq, the log position and the generation, read in the same transaction."""
+        self.check_usable()
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        with self.env.begin() as txn:
+            tags = {
+                "applied_seq": self.applied_seqs(txn),
+                "log_position": self.log_position(txn),
+                "generation": self.generation(txn),
+            }
+            self.env.copy(str(directory), compact=True, txn=txn)
+        return tags
+
+    def drop_app_records(self, names: list[str], keep: dict[str, Any] | None = None) -> None:
+        """Remove app records (and set ``keep``'s), in one transaction: e.g. a machine's own records from a store
+        restored from another machine's snapshot."""
+        self.check_usable()
+        with self.env.begin(write=True) as txn:
+            for name in names:
+                txn.delete(_APP_PREFIX + name.encode(), db=self.meta_db)
+            for name, value in (keep or {}).items():
+                txn.put(_APP_PREFIX + name.encode(), orjson.dumps(value), db=self.meta_db)
+
     def row_counts(self, txn: Txn) -> dict[str, int]:
         cursor = txn.cursor(db=self.meta_db)
         out: dict[str, int] = {}
@@ -340,7 +386,12 @@ class LmdbStore:
     # --- applying a delta ---------------------------------------------------------------------------------------
 
     def apply(
-        self, prepared: PreparedDelta, payload: bytes, inbox_key: bytes | None = None, received_at_ms: int = 0
+        self,
+        prepared: PreparedDelta,
+        payload: bytes,
+        inbox_key: bytes | None = None,
+        received_at_ms: int = 0,
+        log_position: int | None = None,
     ) -> ApplyResult:
         """Write a validated delta's rows and advance its producer's sequence, in one write transaction.
 
@@ -348,7 +399,8 @@ class LmdbStore:
         ``payload``: the delta's binary form, kept in the changelog under the new generation so that RAM tiers of
         other processes (serving workers) can follow. ``inbox_key``: an inbox entry to remove in the same
         transaction (exactly-once hand-off). ``received_at_ms``: when the delta was received (kept with it in the
-        changelog, so a follower can tell how long after its receipt it became visible there).
+        changelog, so a follower can tell how long after its receipt it became visible there). ``log_position``: the
+        shared-log record this delta came from (replicated mode), recorded in the same transaction, duplicate or not.
         """
         self.check_usable()
         delta = prepared.delta
@@ -356,6 +408,8 @@ class LmdbStore:
         try:
             with self.env.begin(write=True) as txn:
                 applied = _u64(txn.get(seq_key, db=self.meta_db))
+                if log_position is not None:
+                    self._put_log_position(txn, log_position)
                 if delta.seq <= applied:
                     if inbox_key is not None:
                         txn.delete(inbox_key, db=self.inbox_db)

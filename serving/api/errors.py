@@ -32,6 +32,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "sequence_gap": 409,
     "inbox_full": 429,
     "store_full": 507,
+    "log_unavailable": 503,
     # bundles
     "invalid_bundle": 422,
     "unsafe_archive": 422,
@@ -58,7 +59,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "unauthorized": 401,
     "forbidden": 403,
 }
-RETRY_AFTER_S = {"inbox_full": "1", "no_bundle": "5"}
+RETRY_AFTER_S = {"inbox_full": "1", "no_bundle": "5", "log_unavailable": "2"}
 
 # The one error body, for the OpenAPI document (a sequence gap adds producer, expected_seq and got_seq).
 ERROR_BODY_SCHEMA: dict[str, Any] = {

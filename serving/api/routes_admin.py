@@ -49,6 +49,15 @@ async def push_delta(request: Request, wait: Literal["visible"] | None = Query(N
     return _json(receipt.body, 200 if receipt.settled else 202)
 
 
+@router.get(
+    "/checksum",
+    summary="A digest of every stored row, with the sequences and log position it reflects (replica convergence)",
+)
+async def rows_checksum(request: Request) -> Response:
+    services: Services = request.app.state.services
+    return _json(await run_in_threadpool(services.rows_checksum))
+
+
 @router.post(
     "/bundles",
     summary="Upload a dense snapshot (tar or tar.gz of manifest.json + dense.onnx); checked, warmed, then swapped in",

@@ -1,0 +1,1 @@
+"""Replicated mode: replicas on many machines over one NATS JetStream log of deltas (see README, "Replicas")."""
