@@ -75,6 +75,7 @@ def test_the_document_covers_every_route(schema: Any) -> None:
         "POST /admin/bundles",
         "POST /admin/rollback",
         "GET /admin/status",
+        "GET /admin/checksum",
         "GET /healthz",
         "GET /readyz",
         "GET /metrics",
