@@ -31,6 +31,17 @@ def _count(text: str) -> int:
     return value
 
 
+def _fraction(text: str) -> float:
+    """A share in [0, 1)."""
+    try:
+        value = float(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from exc
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"a share in [0, 1) is needed, got {text!r}")
+    return value
+
+
 def _counts(text: str) -> tuple[int, ...]:
     return tuple(_count(part) for part in text.split(",") if part.strip())
 
@@ -112,7 +123,13 @@ def _add_rank_parser(subparsers: _SubParsers) -> None:
     p.add_argument("--warmup-s", type=float, default=2.0, help="unmeasured seconds before each point")
     p.add_argument("--repeats", type=_count, default=3, help="runs per figure (median, min, max)")
     p.add_argument("--bodies", type=_count, default=256, help="distinct request bodies cycled by the clients")
-    p.add_argument("--live-concurrency", type=_count, default=4, help="ranking clients during deltas and swaps")
+    p.add_argument("--live-concurrency", type=_count, default=8, help="ranking clients during deltas and swaps")
+    p.add_argument(
+        "--live-fraction",
+        type=_fraction,
+        default=0.7,
+        help="ranking load during deltas and swaps: this share of the best measured rps, open loop (0: closed loop)",
+    )
     p.add_argument("--onnx-threads", type=_count, default=1, help="intra-op threads of both servers' ONNX sessions")
     p.add_argument("--precision", choices=("fp32", "int8"), default="fp32", help="dense tower of both servers' bundles")
     p.add_argument("--fill-delta-rows", type=_count, default=250_000, help="rows per delta when filling the store")

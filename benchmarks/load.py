@@ -1,4 +1,7 @@
-"""A closed-loop load generator: N clients, each sending its next request as soon as the previous one is answered.
+"""A load generator: N clients, each sending its next request as soon as the previous one is answered (closed loop),
+or, with a rate, each on its own schedule (open loop, ``--rate-rps``: client ``i`` of ``N`` sends its ``n``-th
+request at ``(i + n * N) / rate`` s). Paced latency counts from the scheduled start, not the actual send: a client
+held up by a slow answer does not hide the wait its next request would have had (no coordinated omission).
 
 It runs in its own process (``python -m liverank.benchmarks.load``), so its event loop does not share the server's
 GIL. On a
@@ -47,12 +50,15 @@ class LoadSpec:
     client: ClientKind = "raw"
     samples: bool = False
     timeout_s: float = 30.0
+    rate_rps: float | None = None  # open loop at this total rate (raw client only); None: closed loop
 
     def argv(self, out: Path) -> list[str]:
         args = [sys.executable, "-m", "liverank.benchmarks.load", "--host", self.host, "--port", str(self.port)]
         args += ["--path", self.path, "--bodies", str(self.bodies), "--concurrency", str(self.concurrency)]
         args += ["--duration-s", str(self.duration_s), "--warmup-s", str(self.warmup_s), "--client", self.client]
         args += ["--timeout-s", str(self.timeout_s), "--out", str(out)]
+        if self.rate_rps is not None:
+            args += ["--rate-rps", str(self.rate_rps)]
         return [*args, "--samples"] if self.samples else args
 
 
@@ -77,8 +83,17 @@ async def _raw_client(
     conn = HttpConnection(spec.host, spec.port)
     await conn.connect()
     j = index
+    period_s = None if spec.rate_rps is None else spec.concurrency / spec.rate_rps
+    due = t0 + (0.0 if spec.rate_rps is None else index / spec.rate_rps)
     try:
         while (started := time.perf_counter()) < end:
+            if period_s is not None:
+                if due > started:
+                    await asyncio.sleep(due - started)
+                started = due  # the scheduled start: latency includes any wait behind a slow answer
+                due += period_s
+                if started >= end:
+                    break
             failure: str | None = None
             try:
                 status, _ = await asyncio.wait_for(conn.send(requests[j % len(requests)]), spec.timeout_s)
@@ -146,6 +161,7 @@ def summarize(spec: LoadSpec, records: _Records, t0_wall: float, wall_s: float, 
     )
     out: dict[str, Any] = {
         "concurrency": spec.concurrency,
+        "rate_rps": spec.rate_rps,
         "client": spec.client,
         "warmup_s": spec.warmup_s,
         "duration_s": spec.duration_s,
@@ -247,6 +263,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--client", choices=["raw", "httpx"], default="raw")
     p.add_argument("--timeout-s", type=float, default=30.0)
     p.add_argument("--samples", action="store_true", help="keep every request's start, latency and status")
+    p.add_argument("--rate-rps", type=float, help="open loop: total requests per second over all clients")
     p.add_argument("--out", type=Path, required=True)
     return p
 
@@ -264,7 +281,11 @@ def main(argv: list[str]) -> int:
         client=args.client,
         samples=args.samples,
         timeout_s=args.timeout_s,
+        rate_rps=args.rate_rps,
     )
+    if spec.rate_rps is not None and (spec.rate_rps <= 0 or spec.client != "raw"):
+        print("--rate-rps must be positive and needs --client raw", file=sys.stderr)
+        return 2
     bodies = [line for line in args.bodies.read_bytes().split(b"\n") if line]
     if not bodies:
         print(f"no request bodies in {args.bodies}", file=sys.stderr)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import gc
 import importlib.util
 import shutil
+import statistics
 import time
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
@@ -61,7 +62,10 @@ class RankBenchSettings:
     warmup_s: float = 2.0
     repeats: int = 3
     bodies: int = 256
-    live_concurrency: int = 4
+    live_concurrency: int = 8
+    # Deltas and swaps run under ranking load at this share of the last server's best measured rps (open loop,
+    # ``live_concurrency`` clients); 0: closed loop at ``live_concurrency`` clients, as saturated as they make it.
+    live_fraction: float = 0.7
     onnx_threads: int = 1
     precision: str = "fp32"
     fill_delta_rows: int = 250_000
@@ -283,6 +287,8 @@ def _bench_size(
                 measure_points(specs, {name: live, "baseline": base}, redis_server, settings, size_dir, log, runs)
                 if i == len(names) - 1:
                     out["live_workers"] = n_workers
+                    best = max((statistics.median(r["rps"] for r in v) for (_, n), v in runs.items() if n == name))
+                    out["live_rate_rps"] = settings.live_fraction * best if settings.live_fraction > 0 else None
                     _live_phases(out, live, settings, tables, manifest, bodies_liverank, bundles, size_dir, label, log)
                     out["server_rss_bytes_at_end"] = {name: live.rss_bytes(), "baseline": base.rss_bytes()}
     out["rank"] = summarize_points(runs, settings.concurrencies, names, out["dense_ceiling"]["rps"])
@@ -328,8 +334,14 @@ def _live_phases(
             settings.repeats,
             size_dir,
             settings.client,
+            out["live_rate_rps"],
         )
-        log("size %s: D-10k deltas under ranking load (concurrency %d)", label, settings.live_concurrency)
+        load = (
+            f"{out['live_rate_rps']:.0f} rps open loop ({settings.live_fraction:.0%} of the best measured)"
+            if out["live_rate_rps"]
+            else "closed loop"
+        )
+        log("size %s: D-10k deltas under ranking load (%d clients, %s)", label, settings.live_concurrency, load)
         out["deltas"] = deltas_under_load(setup, DeltaStream(tables, settings.dim, manifest.schema_hash), log)
         log("size %s: bundle swaps under ranking load", label)
         out["swap"] = swaps_under_load(setup, bundles.swaps, log)

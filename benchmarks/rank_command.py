@@ -34,6 +34,7 @@ def run(args: argparse.Namespace) -> int:
         repeats=args.repeats,
         bodies=args.bodies,
         live_concurrency=args.live_concurrency,
+        live_fraction=args.live_fraction,
         onnx_threads=args.onnx_threads,
         precision=args.precision,
         fill_delta_rows=args.fill_delta_rows,

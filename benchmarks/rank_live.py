@@ -41,6 +41,7 @@ class LiveSetup:
     repeats: int
     workdir: Path
     client: ClientKind = "raw"
+    rate_rps: float | None = None  # open-loop ranking load (None: closed loop at ``concurrency``)
 
     def spec(self, samples: bool = False) -> LoadSpec:
         return LoadSpec(
@@ -52,6 +53,7 @@ class LiveSetup:
             self.warmup_s,
             client=self.client,
             samples=samples,
+            rate_rps=self.rate_rps,
         )
 
 
@@ -135,6 +137,7 @@ def deltas_under_load(setup: LiveSetup, stream: DeltaStream, log: StepLog) -> di
     p99_with = [w["load"]["latency_ms"]["p99"] for w in windows if w["deltas"] == "with"]
     return {
         "concurrency": setup.concurrency,
+        "rate_rps": setup.rate_rps,
         "rows_per_delta": stream.rows_per_delta,
         "interval_s": 1.0,
         "push_to_visible_client_ms": {
@@ -192,6 +195,7 @@ def swaps_under_load(setup: LiveSetup, archives: list[tuple[str, bytes]], log: S
         )
     return {
         "concurrency": setup.concurrency,
+        "rate_rps": setup.rate_rps,
         "swaps": swaps,
         "failed_requests_total": sum(s["failed_requests"] for s in swaps),
         "all_went_live": all(s["upload_status"] == 200 and s["live_version_after"] == s["version"] for s in swaps),

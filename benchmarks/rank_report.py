@@ -120,15 +120,16 @@ def _live_table(size: dict[str, Any]) -> Table:
             f"push-to-visible, server (/admin/status, {s['count']} deltas)",
             f"p50 {_num(s['p50'])} ms · p99 {_num(s['p99'])} ms · max {_num(s['max'])} ms",
         )
-        table.add_row(f"rank p99 without deltas (c={d['concurrency']})", f"{_spread(d['rank_p99_without_ms'])} ms")
-        table.add_row(f"rank p99 with deltas (c={d['concurrency']})", f"{_spread(d['rank_p99_with_ms'])} ms")
+        load = _live_load(d)
+        table.add_row(f"rank p99 without deltas ({load})", f"{_spread(d['rank_p99_without_ms'])} ms")
+        table.add_row(f"rank p99 with deltas ({load})", f"{_spread(d['rank_p99_with_ms'])} ms")
         table.add_row("p99 inflation while deltas apply", f"{d['p99_inflation_pct']:+.1f} %")
     sw = size.get("swap")
     if sw:
         for entry in sw["swaps"]:
             around = entry["around_swap_ms"]
             table.add_row(
-                f"swap to version {entry['version']} (c={sw['concurrency']})",
+                f"swap to version {entry['version']} ({_live_load(sw)})",
                 f"HTTP {entry['upload_status']} in {entry['swap_s']:.2f} s · live {entry['live_version_after']} · "
                 f"{entry['failed_requests']} failed · max latency around it {_num(around['max'])} ms",
             )
@@ -157,3 +158,9 @@ def render_rich(result: dict[str, Any], console: Console) -> None:
         console.print(_rank_table(size))
         console.print(_live_table(size))
         console.print(_targets_table(size))
+
+
+def _live_load(phase: dict[str, Any]) -> str:
+    """The ranking load a live phase ran under: open loop at a rate, or closed loop."""
+    rate = phase.get("rate_rps")
+    return f"c={phase['concurrency']}" if rate is None else f"{rate:.0f} rps over c={phase['concurrency']}"

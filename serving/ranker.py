@@ -219,4 +219,5 @@ def _ages(lookup: Lookup, now_ms: int) -> tuple[float | None, float | None, dict
     if not by_slot:
         return None, None, by_slot
     seen_all = np.concatenate([seen for _, seen in seen_by_slot])
-    return max(by_slot.values()), float(np.median((now_ms - seen_all) / 1000.0)), by_slot
+    # The median age is now minus the median update time: no age array of every row (about 11,000 per request).
+    return max(by_slot.values()), (now_ms - float(np.median(seen_all))) / 1000.0, by_slot

@@ -64,9 +64,8 @@ class _LatencyMiddleware:
                 # The router records the route it matched in the scope it was given (this one).
                 template = getattr(scope.get("route"), "path", None)
                 route = template if isinstance(template, str) else "other"
-                services.metrics.request_seconds.labels(route=route, status=str(status)).observe(
-                    time.perf_counter() - started
-                )
+                metrics = services.metrics
+                metrics.labelled(metrics.request_seconds, route, str(status)).observe(time.perf_counter() - started)
 
 
 def create_worker_app() -> FastAPI:

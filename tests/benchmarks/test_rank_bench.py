@@ -90,6 +90,13 @@ def test_rank_bench_writes_every_figure(tmp_path: Path, capsys: pytest.CaptureFi
         assert 0 < live["onnx_cpu_ms_per_request"]["median"] < live["server_cpu_ms_per_request"]["max"]
 
     deltas = size["deltas"]
+    # Live phases run open loop at 70 % of the best measured rps: the schedule caps how many requests start.
+    best = max(e["liverank"]["rps"]["median"] for e in size["rank"])
+    assert deltas["rate_rps"] == pytest.approx(0.7 * best)
+    for window in deltas["windows"]:
+        load = window["load"]
+        assert load["rate_rps"] == deltas["rate_rps"]
+        assert 0 < load["requests"] <= deltas["rate_rps"] * load["duration_s"] + load["concurrency"]
     assert deltas["push_to_visible_client_ms"]["count"] >= 1
     assert deltas["push_to_visible_client_ms"]["failed"] == 0
     assert deltas["push_to_visible_client_ms"]["p99"] > 0
