@@ -25,12 +25,14 @@ from liverank.store import (
     StoreError,
     StoreFull,
 )
+from liverank.store.doorbell import Doorbell
 
 log = logging.getLogger(__name__)
 
 QUARANTINE_RECORD = "quarantine"
 _QUARANTINE_KEEP = 100
 _BACKOFF_S = 1.0
+DOORBELL_FALLBACK_S = 0.05  # also bounds how long ``stop`` waits for an idle updater with a doorbell
 
 
 class Updater:
@@ -44,10 +46,14 @@ class Updater:
         poll_s: float,
         flush_interval_s: float,
         sweep_interval_s: float,
+        doorbell: Doorbell | None = None,
     ) -> None:
         self._store = store
         self._inbox = inbox
         self._poll_s = poll_s
+        # With a doorbell (the inbox rings it after each entry), an idle updater sleeps until rung and only looks at
+        # the inbox on its own every DOORBELL_FALLBACK_S (a lost ring); without one it polls every ``poll_s``.
+        self._doorbell = doorbell
         self._flush_interval_s = flush_interval_s
         self._sweep_interval_s = sweep_interval_s
         self._stop = threading.Event()
@@ -102,7 +108,10 @@ class Updater:
                 self._stop.wait(_BACKOFF_S)
                 continue
             if not progressed:
-                self._stop.wait(self._poll_s)
+                if self._doorbell is not None:
+                    self._doorbell.wait(DOORBELL_FALLBACK_S)
+                else:
+                    self._stop.wait(self._poll_s)
 
     def _drain(self) -> bool:
         """Apply what the inbox holds, oldest first per producer. True if anything was applied."""

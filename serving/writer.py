@@ -31,6 +31,7 @@ from liverank.serving.metrics import Metrics, add_new
 from liverank.serving.settings import Settings
 from liverank.serving.updater import Updater
 from liverank.store import EmbeddingStore, Inbox
+from liverank.store.doorbell import Doorbell
 
 log = logging.getLogger(__name__)
 
@@ -96,14 +97,18 @@ def _writer_main(config: dict[str, Any], stop: Connection, token: int, parent_pi
     )
     release_free_memory()  # the heap the shared tier's build used (LMDB rows read in chunks) goes back to the OS
     source: DeltaSource | None = None
+    doorbell: Doorbell | None = None
     try:
         source = _open_source(cfg, store)
+        if isinstance(source, Inbox):  # the log (replicated mode) wakes its consumer itself
+            doorbell = Doorbell.bind(source.doorbell_address)
         updater = Updater(
             store,
             source,
             poll_s=cfg.poll_s,
             flush_interval_s=cfg.flush_interval_s,
             sweep_interval_s=cfg.sweep_interval_s,
+            doorbell=doorbell,
         )
         updater.start()
         # A server's writer (shared tier) reports what it applied in the server's metrics itself: it is where
@@ -139,6 +144,8 @@ def _writer_main(config: dict[str, Any], stop: Connection, token: int, parent_pi
         stop_source = getattr(source, "stop", None)  # the log's connection (the inbox has nothing to stop)
         if stop_source is not None:
             stop_source()
+        if doorbell is not None:
+            doorbell.close()
         store.close()
 
 

@@ -15,6 +15,7 @@ from typing import Literal
 
 import lmdb
 
+from liverank.store.doorbell import doorbell_address, ring
 from liverank.store.errors import SequenceGap, StoreError, StoreFull
 from liverank.store.format import SparseDelta, decode_delta, encode_delta
 from liverank.store.lmdb_store import LmdbStore, Txn
@@ -69,6 +70,7 @@ class Inbox:
     def __init__(self, store: LmdbStore, max_depth: int) -> None:
         self._store = store
         self.max_depth = max_depth
+        self.doorbell_address = doorbell_address(store.path)  # rung after each queued entry (store/doorbell.py)
 
     def enqueue(self, delta: SparseDelta, received_at_ms: int, payload: bytes | None = None) -> EnqueueResult:
         """Queue a validated delta durably. Duplicates (applied or queued) are reported, gaps refused."""
@@ -94,6 +96,7 @@ class Inbox:
                 )
         except lmdb.MapFullError as exc:
             raise StoreFull("store map is full: the delta could not be queued") from exc
+        ring(self.doorbell_address)  # after the commit: the writer that wakes finds the entry
         return EnqueueResult("queued", delta.producer, delta.seq, depth + 1)
 
     def _last_queued(self, txn: Txn, prefix: bytes) -> int:
