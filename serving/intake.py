@@ -1,6 +1,6 @@
 """``DeltaIntake``: a pushed delta's way into the durable inbox. Decoded, validated against the live slots and
-schema, and queued (one LMDB write transaction) for the writer process, which polls the inbox. Anything wrong raises
-before anything is written."""
+schema, and queued (one LMDB write transaction) for the writer process, which the inbox's doorbell wakes. Anything
+wrong raises before anything is written."""
 
 from __future__ import annotations
 

@@ -73,7 +73,10 @@ class Settings(BaseSettings):
     sweep_interval_s: float = Field(30.0, gt=0)
     inbox_max_depth: int = Field(1_000, ge=1)
     updater_poll_s: float = Field(
-        0.002, gt=0, description="idle wait between inbox checks (writer) and changelog checks (follower)"
+        0.002,
+        gt=0,
+        description="idle wait between changelog checks (follower), and between inbox checks of a writer without "
+        "the inbox doorbell (store/doorbell.py: normally a queued delta wakes the writer)",
     )
     switch_interval_s: float = Field(
         0.001, gt=0, description="sys.setswitchinterval: how long a thread may hold the GIL while others wait"
