@@ -1,8 +1,9 @@
 """``liverank bench``: run a benchmark, print a readable table and write the figures as JSON.
 
 Subcommands: ``store`` (the embedding store against Redis, py-lmdb, numpy and a dict), ``rank`` (W-500 ranking
-against a real ``liverank serve``, next to a FastAPI + Redis + ONNX Runtime baseline) and ``dense`` (the dense tower
-alone: fp32 vs int8, user side split, ONNX threads). The arguments are defined
+against a real ``liverank serve``, next to a FastAPI + Redis + ONNX Runtime baseline), ``dense`` (the dense tower
+alone: fp32 vs int8, user side split, ONNX threads) and ``fill`` (not a benchmark: a data directory pre-filled with
+W-500 rows for a server to start on, as the soak does). The arguments are defined
 here; each subcommand's module (``run(args) -> int``) is imported only when it runs.
 """
 
@@ -166,6 +167,25 @@ def _add_dense_parser(subparsers: _SubParsers) -> None:
     p.set_defaults(command_module="liverank.benchmarks.dense_bench")
 
 
+def _add_fill_parser(subparsers: _SubParsers) -> None:
+    p = subparsers.add_parser(
+        "fill",
+        help="pre-fill a new data directory with W-500 rows (the ids the load test draws) before a server starts",
+        description="Fill DATA_DIR/store with the rows of a W-500 bundle's slots: --rows in each of the largest slots "
+        "(user_id, item_id), every other slot at its W-500 cardinality; ids 0..n-1, as the load test draws them.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--data-dir", type=Path, required=True, help="the server's --data-dir (must hold no store yet)")
+    p.add_argument("--bundle", type=Path, required=True, help="the bundle the server will start with (its slots)")
+    p.add_argument("--rows", type=_count, required=True, help="rows in each largest slot (10M, 1M, ...)")
+    p.add_argument("--map-size-bytes", type=_count, default=64 * 1024**3, help="the server's --map-size-bytes")
+    p.add_argument("--chunk-rows", type=_count, default=250_000, help="rows per delta while filling")
+    p.add_argument("--seed", type=int, default=0, help="seed of the vectors")
+    p.add_argument("--json", type=Path, default=None, metavar="PATH", help="write the fill figures here")
+    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    p.set_defaults(command_module="liverank.benchmarks.prefill")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="liverank bench", description=__doc__)
     subparsers = parser.add_subparsers(dest="benchmark", metavar="<benchmark>", required=True)
@@ -173,6 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_rank_parser(subparsers)
     _add_profile_parser(subparsers)
     _add_dense_parser(subparsers)
+    _add_fill_parser(subparsers)
     return parser
 
 

@@ -38,8 +38,11 @@ def fill_stores(
     dim: int,
     chunk_rows: int,
     log: StepLog,
+    *,
+    map_size_bytes: int = MAP_SIZE_BYTES,
 ) -> dict[str, Any]:
-    """Write every row of ``tables`` to a new liverank store (and to Redis, if given). Returns the fill figures."""
+    """Write every row of ``tables`` to a new liverank store (and to Redis, if given). Returns the fill figures.
+    ``map_size_bytes``: the map size of the server that will open the store."""
     started = time.perf_counter()
     store_s = redis_s = 0.0
     done = 0
@@ -48,7 +51,7 @@ def fill_stores(
     if redis_client is not None:
         redis_client.flushall()
     with EmbeddingStore.open(
-        store_path, slots=list(manifest.slots), map_size_bytes=MAP_SIZE_BYTES, durability="process"
+        store_path, slots=list(manifest.slots), map_size_bytes=map_size_bytes, durability="process"
     ) as store:
         store.bind_schema(manifest.schema_hash)
         now_ms = time.time_ns() // 1_000_000
@@ -73,7 +76,8 @@ def fill_stores(
                 redis_s += time.perf_counter() - t1
             done += delta.n_rows
             if done / total >= next_report or done == total:
-                log("  fill: %s / %s rows (liverank %.0f s, redis %.0f s)", f"{done:,}", f"{total:,}", store_s, redis_s)
+                peers = f"liverank {store_s:.0f} s" + ("" if redis_client is None else f", redis {redis_s:.0f} s")
+                log("  fill: %s / %s rows (%s)", f"{done:,}", f"{total:,}", peers)
                 next_report += 0.1
         flush_started = time.perf_counter()
         store.flush()

@@ -113,6 +113,19 @@ def make_tables(manifest: Manifest, largest: int, zipf_s: float, seed: int) -> W
     return W500Tables(largest, slots, zipf_s, seed)
 
 
+def ordinal_tables(manifest: Manifest, largest: int, seed: int) -> W500Tables:
+    """The ids of every slot of ``manifest`` as the load test draws them (``liverank.loadtest.payloads``): ordinals
+    ``0 .. n - 1``, not scattered, with ``n`` the slot's W-500 cardinality capped at ``largest``. No popularity: a
+    store filled from these serves requests drawn by the load test, which draws its own ids."""
+    slots = {
+        config.name: SlotTable(
+            config.name, index, np.arange(slot_cardinality(config.name, largest), dtype=np.uint64), None
+        )
+        for index, config in enumerate(manifest.slots)
+    }
+    return W500Tables(largest, slots, 0.0, seed)
+
+
 def fill_chunks(tables: W500Tables, dim: int, chunk_rows: int) -> Iterator[tuple[str, IntIds, Vectors]]:
     """Every row of the store, slot by slot in ascending id order, ``chunk_rows`` at a time, with seeded vectors.
 

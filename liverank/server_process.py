@@ -221,6 +221,15 @@ class ServerProcess:
         in bytes; None if the process is gone."""
         return None if self.pid is None else process_status_bytes(self.pid, field)
 
+    def pss_bytes(self) -> int | None:
+        """The whole server's memory, shared pages counted once: PSS summed over this process and every descendant
+        (the master, the writer process, the worker processes); None if it is not running."""
+        return None if self.pid is None else process_tree_pss_bytes(self.pid)
+
+    def process_count(self) -> int:
+        """How many processes the server runs now: this one and its live descendants."""
+        return 0 if self.pid is None else len(process_tree(self.pid))
+
     def cpu_s(self) -> float:
         """User + system CPU seconds the server has used so far: all threads of the process and of every
         descendant (worker processes, the writer process), including descendants that have exited since."""
@@ -273,25 +282,55 @@ def _stat_fields(pid: int) -> list[str] | None:
         return None
 
 
-def process_tree_cpu_s(root: int) -> float:
-    """CPU seconds of ``root`` and all its descendants. Each process counts its own time (utime + stime) and the
-    time of children it has reaped (cutime + cstime): every process of the tree is counted once, alive or not."""
-    parents: dict[int, int] = {}
+def process_tree(root: int) -> list[int]:
+    """``root`` and every live descendant (children, their children, ...), root first; empty if ``root`` is gone.
+    One pass over /proc: a process that starts or ends during the walk may be missed, never counted twice."""
+    children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             fields = _stat_fields(int(entry.name))
             if fields is not None:
-                parents[int(entry.name)] = int(fields[1])
-    children: dict[int, list[int]] = {}
-    for pid, ppid in parents.items():
-        children.setdefault(ppid, []).append(pid)
-    total_ticks = 0
-    pending = [root]
+                children.setdefault(int(fields[1]), []).append(int(entry.name))
+    if _stat_fields(root) is None:
+        return []
+    tree, pending = [], [root]
     while pending:
         pid = pending.pop()
-        fields = _stat_fields(pid)
-        if fields is None:
-            continue
-        total_ticks += sum(int(x) for x in fields[11:15])  # utime, stime, cutime, cstime
+        tree.append(pid)
         pending.extend(children.get(pid, ()))
+    return tree
+
+
+def process_tree_cpu_s(root: int) -> float:
+    """CPU seconds of ``root`` and all its descendants. Each process counts its own time (utime + stime) and the
+    time of children it has reaped (cutime + cstime): every process of the tree is counted once, alive or not."""
+    total_ticks = 0
+    for pid in process_tree(root):
+        fields = _stat_fields(pid)
+        if fields is not None:
+            total_ticks += sum(int(x) for x in fields[11:15])  # utime, stime, cutime, cstime
     return total_ticks / _CLK_TCK
+
+
+def process_pss_bytes(pid: int) -> int | None:
+    """The proportional set size of one process (``Pss:`` of /proc/<pid>/smaps_rollup) in bytes: its private pages
+    plus, for each page it shares with k processes, 1/k of it. None if the process is gone or unreadable."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup", "rb") as rollup:
+            for line in rollup:
+                if line.startswith(b"Pss:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def process_tree_pss_bytes(root: int) -> int | None:
+    """Memory of ``root`` and all its descendants with shared pages counted once: the sum of their PSS. A page
+    mapped by k processes of the tree adds 1/k to each, so the tier in /dev/shm that the writer and every worker map,
+    LMDB's file pages and the interpreter's shared libraries count once in the sum (pages also mapped by processes
+    outside the tree count only the tree's share). None if ``root`` is gone."""
+    readings = [process_pss_bytes(pid) for pid in process_tree(root)]
+    if not readings or readings[0] is None:
+        return None
+    return sum(r for r in readings if r is not None)

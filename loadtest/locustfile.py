@@ -7,15 +7,20 @@
 - ``RankingUser``: W-500-style requests (``liverank.loadtest.payloads``) built from GET /v1/model; every answer is
   checked
   (200, k items, scores descending, an epoch with dense_version and sparse_seq). Stats name: ``/v1/rank``.
-- ``DeltaUser`` (one, needs the admin token): a JSON delta every ``LIVERANK_DELTA_INTERVAL_S`` with its own
-  producer and increasing seq, then probes a marker row until the answer's ``epoch.sparse_seq[producer]`` reaches
-  the seq; the time from starting the push to that answer is reported as ``VISIBLE push-to-visible``.
+- ``DeltaUser`` (one, needs the admin token): a binary delta every ``LIVERANK_DELTA_INTERVAL_S`` with its own
+  producer and increasing seq (``LIVERANK_DELTA_STREAM``: ``marker``, Zipf rows of the item slot, or ``d10k``,
+  WORKLOADS.md's D-10k: 10,000 rows over item_id 70 %, author_id 20 %, tags 10 %, 5 % of them new ids), plus a marker
+  row in the item slot; then probes the marker until the answer's ``epoch.sparse_seq[producer]`` reaches the seq; the
+  time from starting the push to that answer is reported as ``VISIBLE push-to-visible``.
 - ``BundleSwapUser`` (one, needs the token and ``LIVERANK_BUNDLE_ARCHIVE``): uploads the archives in turn every
   ``LIVERANK_SWAP_INTERVAL_S``.
 
 Settings (environment): ``LIVERANK_CANDIDATES`` (500), ``LIVERANK_K`` (50), ``LIVERANK_SEED`` (0),
-``LIVERANK_RANK_RPS_PER_USER`` (0: no wait), ``LIVERANK_POOL_SIZE`` (64 distinct request bodies),
-``LIVERANK_DELTA_INTERVAL_S`` (1.0), ``LIVERANK_DELTA_ROWS`` (100 rows besides the marker), ``LIVERANK_DELTA_USERS``
+``LIVERANK_LARGEST_IDS`` (1000000: ids of the largest slots, user_id and item_id, are drawn from 0 to this minus
+one; the other slots from 0 to their W-500 cardinality capped at it; ``liverank bench fill --rows`` with the same
+number stores every id a request can name), ``LIVERANK_RANK_RPS_PER_USER`` (0: no wait), ``LIVERANK_POOL_SIZE`` (64
+distinct request bodies), ``LIVERANK_DELTA_INTERVAL_S`` (1.0), ``LIVERANK_DELTA_STREAM`` (``marker`` or ``d10k``),
+``LIVERANK_DELTA_ROWS`` (rows besides the marker: 100 for ``marker``, 10000 for ``d10k``), ``LIVERANK_DELTA_USERS``
 (1), ``LIVERANK_PRODUCER`` (default: a fresh ``loadtest-<hex>`` per delta user), ``LIVERANK_VISIBLE_TIMEOUT_S`` (30),
 ``LIVERANK_PROBE_INTERVAL_S`` (0.01), ``LIVERANK_ADMIN_TOKEN``, ``LIVERANK_BUNDLE_ARCHIVE`` (paths joined by
 ``os.pathsep``), ``LIVERANK_SWAP_INTERVAL_S`` (60), ``LIVERANK_SHAPE`` (``step``, ``spike``, ``all``; see
@@ -42,12 +47,14 @@ from liverank.loadtest import shapes
 from liverank.loadtest.payloads import (
     DEFAULT_CANDIDATES,
     DEFAULT_K,
+    LARGEST_IDS,
     DeltaFactory,
     ModelView,
     RequestFactory,
     archive_version,
     encode,
     rank_answer_problem,
+    w500_draws,
 )
 
 log = logging.getLogger(__name__)
@@ -68,10 +75,12 @@ def _env_int(name: str, default: int) -> int:
 CANDIDATES = _env_int("LIVERANK_CANDIDATES", DEFAULT_CANDIDATES)
 K = _env_int("LIVERANK_K", DEFAULT_K)
 SEED = _env_int("LIVERANK_SEED", 0)
+DRAWS = w500_draws(_env_int("LIVERANK_LARGEST_IDS", LARGEST_IDS))
 RANK_RPS_PER_USER = _env_float("LIVERANK_RANK_RPS_PER_USER", 0.0)
 POOL_SIZE = _env_int("LIVERANK_POOL_SIZE", 64)
 DELTA_INTERVAL_S = _env_float("LIVERANK_DELTA_INTERVAL_S", 1.0)
-DELTA_ROWS = _env_int("LIVERANK_DELTA_ROWS", 100)
+DELTA_STREAM = os.environ.get("LIVERANK_DELTA_STREAM") or "marker"
+DELTA_ROWS = int(os.environ["LIVERANK_DELTA_ROWS"]) if os.environ.get("LIVERANK_DELTA_ROWS") else None
 DELTA_USERS = _env_int("LIVERANK_DELTA_USERS", 1)
 PRODUCER = os.environ.get("LIVERANK_PRODUCER", "")
 VISIBLE_TIMEOUT_S = _env_float("LIVERANK_VISIBLE_TIMEOUT_S", 30.0)
@@ -158,7 +167,9 @@ _pools: dict[str, RequestPool] = {}
 def _pool_for(model: ModelView) -> RequestPool:
     key = f"{model.schema_hash}/{model.version}"
     if key not in _pools:
-        _pools[key] = RequestPool(RequestFactory(model, seed=SEED, n_candidates=CANDIDATES, k=K), POOL_SIZE)
+        _pools[key] = RequestPool(
+            RequestFactory(model, seed=SEED, n_candidates=CANDIDATES, k=K, draws=DRAWS), POOL_SIZE
+        )
     return _pools[key]
 
 
@@ -188,7 +199,7 @@ class RankingUser(_LiverankUser):
 
 
 class DeltaUser(_LiverankUser):
-    """Pushes a JSON delta every ``LIVERANK_DELTA_INTERVAL_S`` and measures when ranking answers show it."""
+    """Pushes a binary delta every ``LIVERANK_DELTA_INTERVAL_S`` and measures when ranking answers show it."""
 
     abstract = not (ADMIN_TOKEN and DELTA_USERS > 0)
     fixed_count = DELTA_USERS
@@ -209,8 +220,10 @@ class DeltaUser(_LiverankUser):
             model = self.live_model()
             if model is None:
                 return
-            self.deltas = DeltaFactory(model, producer=self.producer, seed=self.seed, rows=DELTA_ROWS)
-            self.probe = self.deltas.probe(RequestFactory(model, seed=self.seed))
+            self.deltas = DeltaFactory(
+                model, producer=self.producer, seed=self.seed, rows=DELTA_ROWS, stream=DELTA_STREAM, draws=DRAWS
+            )
+            self.probe = self.deltas.probe(RequestFactory(model, seed=self.seed, draws=DRAWS))
         pushed = self._push(self.deltas)
         if pushed is not None:
             self._await_visible(self.deltas, *pushed)
@@ -221,7 +234,8 @@ class DeltaUser(_LiverankUser):
             seq = self.seq
             body = deltas.delta(seq)  # drawn and encoded before the clock starts
             started = time.perf_counter()
-            with self.post("/admin/deltas", body, "/admin/deltas", self.admin_headers("application/json")) as resp:
+            headers = self.admin_headers("application/octet-stream")
+            with self.post("/admin/deltas", body, "/admin/deltas", headers) as resp:
                 doc = _json(resp)
                 status = doc.get("status") if isinstance(doc, dict) else None
                 if resp.status_code == 202 and status == "queued":

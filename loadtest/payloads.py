@@ -12,13 +12,17 @@ are the small ones.
 
 from __future__ import annotations
 
+import array
 import io
 import itertools
 import json
 import math
 import random
+import struct
+import sys
 import tarfile
 import time
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +33,7 @@ DEFAULT_K = 50
 MAX_LIST_IDS = 256  # the server's default LIVERANK_MAX_LIST_IDS
 CANDIDATE_LIST_LEN = (1, 5)  # W-500 tags: 1-5 ids per candidate
 MARKER_BASE = 1 << 62  # marker ids sit far above every drawn id
+BINARY_DELTA_MAGIC = b"LRDL"
 
 
 @dataclass(frozen=True)
@@ -39,23 +44,40 @@ class IdDraw:
     zipf: bool
 
 
-# W-500, keyed by slot name (hist_item_ids shares the item_id slot, so it draws like item_id).
-W500_DRAWS: dict[str, IdDraw] = {
-    "user_id": IdDraw(1_000_000, zipf=False),
-    "device": IdDraw(8, zipf=False),
-    "country": IdDraw(200, zipf=False),
-    "hour_bucket": IdDraw(24, zipf=False),
-    "user_age_bucket": IdDraw(10, zipf=False),
-    "item_id": IdDraw(1_000_000, zipf=True),
-    "author_id": IdDraw(100_000, zipf=True),
-    "music_id": IdDraw(200_000, zipf=True),
-    "tags": IdDraw(20_000, zipf=True),
-    "category": IdDraw(300, zipf=False),
-    "language": IdDraw(50, zipf=False),
-    "duration_bucket": IdDraw(20, zipf=False),
-    "age_bucket_item": IdDraw(30, zipf=False),
-    **{f"item_f{i}": IdDraw(10_000, zipf=True) for i in range(12)},
+LARGEST_IDS = 1_000_000  # ids of the largest W-500 slots (user_id, item_id): 1M, or 10M in the large variant
+# W-500, keyed by slot name (hist_item_ids shares the item_id slot, so it draws like item_id). Cardinality None: one
+# of the largest slots, sized by the run (``w500_draws``).
+_W500_SLOTS: dict[str, tuple[int | None, bool]] = {
+    "user_id": (None, False),
+    "device": (8, False),
+    "country": (200, False),
+    "hour_bucket": (24, False),
+    "user_age_bucket": (10, False),
+    "item_id": (None, True),
+    "author_id": (100_000, True),
+    "music_id": (200_000, True),
+    "tags": (20_000, True),
+    "category": (300, False),
+    "language": (50, False),
+    "duration_bucket": (20, False),
+    "age_bucket_item": (30, False),
+    **{f"item_f{i}": (10_000, True) for i in range(12)},
 }
+
+
+def w500_draws(largest: int = LARGEST_IDS) -> dict[str, IdDraw]:
+    """How each W-500 slot is drawn when the largest slots hold ``largest`` ids: user_id and item_id over
+    ``largest``, every other slot over its W-500 cardinality capped at ``largest``. ``liverank bench fill --rows
+    largest`` stores exactly these ids (0 .. cardinality - 1 of every slot), so every id a request names exists."""
+    if largest < 1:
+        raise ValueError(f"the largest slots need at least one id, got {largest}")
+    return {
+        name: IdDraw(largest if fixed is None else min(fixed, largest), zipf)
+        for name, (fixed, zipf) in _W500_SLOTS.items()
+    }
+
+
+W500_DRAWS: dict[str, IdDraw] = w500_draws()
 DEFAULT_DRAW = IdDraw(10_000, zipf=True)
 
 
@@ -169,18 +191,28 @@ class ModelView:
 
 
 class RequestFactory:
-    """Seeded W-500-style ranking requests for one model (a dict, ready for JSON)."""
+    """Seeded W-500-style ranking requests for one model (a dict, ready for JSON); ``draws``: how each slot's ids are
+    drawn (``w500_draws``; a slot it does not name: ``DEFAULT_DRAW``)."""
 
-    def __init__(self, model: ModelView, *, seed: int, n_candidates: int = DEFAULT_CANDIDATES, k: int = DEFAULT_K):
+    def __init__(
+        self,
+        model: ModelView,
+        *,
+        seed: int,
+        n_candidates: int = DEFAULT_CANDIDATES,
+        k: int = DEFAULT_K,
+        draws: Mapping[str, IdDraw] = W500_DRAWS,
+    ):
         if n_candidates < 1 or k < 1:
             raise ValueError(f"n_candidates and k must be positive, got {n_candidates} and {k}")
         self.model = model
         self.n_candidates = n_candidates
         self.k = k
+        self.draws = draws
         self._rng = random.Random(seed)
 
     def ids(self, slot_name: str, n: int) -> list[Any]:
-        draw = W500_DRAWS.get(slot_name, DEFAULT_DRAW)
+        draw = self.draws.get(slot_name, DEFAULT_DRAW)
         slot = self.model.slots.get(slot_name)
         drawn = [draw_id(self._rng, draw) for _ in range(n)]
         if slot is not None and slot.id_kind == "str":
@@ -219,40 +251,113 @@ def encode(doc: Any) -> bytes:
     return json.dumps(doc, separators=(",", ":")).encode()
 
 
-class DeltaFactory:
-    """JSON deltas of one producer: a marker row whose vector changes with every delta, plus ``rows`` Zipf-drawn
-    rows of the same slot (the rows ranking requests read), all with absolute values."""
+@dataclass(frozen=True)
+class DeltaMix:
+    """How a delta stream spreads its rows: ``shares`` of the rows per slot (None: all in the marker's slot), and
+    ``new_fraction`` of each slot's rows on ids no request draws (past the slot's cardinality)."""
 
-    def __init__(self, model: ModelView, *, producer: str, seed: int, rows: int) -> None:
+    shares: Mapping[str, float] | None
+    new_fraction: float
+    default_rows: int
+
+
+# ``marker``: Zipf-popular existing rows of the marker's slot; ``d10k``: WORKLOADS.md's D-10k stream.
+DELTA_STREAMS: dict[str, DeltaMix] = {
+    "marker": DeltaMix(None, 0.0, 100),
+    "d10k": DeltaMix({"item_id": 0.7, "author_id": 0.2, "tags": 0.1}, 0.05, 10_000),
+}
+DELTA_ID_POOL = 16  # distinct id draws per slot a stream cycles through (drawing 10k distinct Zipf ids costs ~50 ms)
+
+
+@dataclass(frozen=True)
+class SlotRows:
+    """One slot's rows in every delta of a stream: ``existing`` distinct drawn ids, ``new`` never-drawn ids, and the
+    marker first if ``marker``."""
+
+    slot: SlotSpec
+    draw: IdDraw
+    existing: int
+    new: int
+    marker: bool
+
+    @property
+    def n(self) -> int:
+        return int(self.marker) + self.existing + self.new
+
+
+class DeltaFactory:
+    """Binary deltas (the wire format of ``liverank.store.format``, written here with the standard library) of one
+    producer: a marker row in the slot of the model's item feature, whose vector changes with every delta, plus
+    ``rows`` rows spread as ``stream`` says (``DELTA_STREAMS``), all with absolute values.
+
+    Cheap per delta, since the load generator shares the machine with the server: each slot's distinct Zipf draws
+    are made for the first ``DELTA_ID_POOL`` deltas and then reused in turn, the vectors are one seeded block per
+    slot rotated by a different number of rows each delta, and only the new ids, the header and the checksum are
+    made afresh (a 10k-row delta: about 1.5 MB, a few ms)."""
+
+    def __init__(
+        self,
+        model: ModelView,
+        *,
+        producer: str,
+        seed: int,
+        rows: int | None = None,
+        stream: str = "marker",
+        draws: Mapping[str, IdDraw] = W500_DRAWS,
+    ) -> None:
+        if stream not in DELTA_STREAMS:
+            raise ValueError(f"delta stream must be one of {sorted(DELTA_STREAMS)}, got {stream!r}")
+        mix = DELTA_STREAMS[stream]
         self.model = model
         self.producer = producer
-        self.rows = rows
+        self.stream = stream
+        self.rows = mix.default_rows if rows is None else rows
         self._rng = random.Random(seed)
         self.slot = model.slots[model.item_feature.slot or ""]
         suffix = self._rng.getrandbits(32)
         self.marker: int | str = f"loadtest-marker-{suffix:08x}" if self.slot.id_kind == "str" else MARKER_BASE + suffix
+        shares = mix.shares if mix.shares is not None else {self.slot.name: 1.0}
+        missing = sorted(set(shares) - set(model.slots))
+        if missing:
+            raise ValueError(f"the {stream} stream writes slots {missing} that model {model.model!r} does not have")
+        self.plan: dict[str, SlotRows] = {}
+        for name in dict.fromkeys([self.slot.name, *shares]):
+            draw = draws.get(name, DEFAULT_DRAW)
+            n = round(self.rows * shares.get(name, 0.0))
+            new = round(n * mix.new_fraction)
+            # Distinct Zipf draws: at most half the slot's ids, or collecting the rarest would never end (tiny stores).
+            existing = min(n - new, max(draw.cardinality // 2, 1))
+            self.plan[name] = SlotRows(model.slots[name], draw, existing, new, name == self.slot.name)
+        self._vectors = {name: _float32_block(self._rng, rows.n * rows.slot.dim) for name, rows in self.plan.items()}
+        self._pool: list[dict[str, list[int]]] = []
+        self._made = 0
+        self._new_issued = dict.fromkeys(self.plan, 0)
 
-    def _vector(self) -> list[float]:
-        return [round(self._rng.gauss(0.0, 1.0), 5) for _ in range(self.slot.dim)]
+    def _existing_ids(self) -> dict[str, list[int]]:
+        if len(self._pool) < DELTA_ID_POOL:
+            drawn = {name: _distinct(self._rng, rows.draw, rows.existing) for name, rows in self.plan.items()}
+            self._pool.append(drawn)
+            return drawn
+        return self._pool[self._made % DELTA_ID_POOL]
 
     def delta(self, seq: int) -> bytes:
-        draw = W500_DRAWS.get(self.slot.name, DEFAULT_DRAW)
-        drawn = sorted({draw_id(self._rng, draw) for _ in range(self.rows)})
-        others: list[Any] = [f"{self.slot.name}-{i}" for i in drawn] if self.slot.id_kind == "str" else drawn
-        ids = [self.marker, *others]
+        """The next delta, numbered ``seq``, in binary form (``application/octet-stream``)."""
+        existing = self._existing_ids()
+        self._made += 1
         now_ms = time.time_ns() // 1_000_000
-        return encode(
-            {
-                "format": 1,
-                "producer": self.producer,
-                "seq": seq,
-                "schema_hash": self.model.schema_hash,
-                "created_at_ms": now_ms,
-                "slots": {
-                    self.slot.name: {"ids": ids, "values": [self._vector() for _ in ids], "updated_at_ms": now_ms}
-                },
-            }
-        )
+        blocks: list[tuple[SlotRows, list[Any], bytes]] = []
+        for name, rows in self.plan.items():
+            start = rows.draw.cardinality + self._new_issued[name]
+            self._new_issued[name] += rows.new
+            ids: list[Any] = [*existing[name], *range(start, start + rows.new)]
+            if rows.slot.id_kind == "str":
+                ids = [f"{name}-{i}" for i in ids]
+            if rows.marker:
+                ids.insert(0, self.marker)
+            vectors = self._vectors[name]
+            shift = (self._made * 7919 % max(rows.n, 1)) * rows.slot.dim * 4
+            blocks.append((rows, ids, vectors[shift:] + vectors[:shift]))
+        return encode_binary_delta(self.producer, seq, self.model.schema_hash, now_ms, blocks)
 
     def probe(self, factory: RequestFactory) -> bytes:
         """A one-candidate request in which every lookup of the marker's slot is the marker: the answer's
@@ -266,6 +371,64 @@ class DeltaFactory:
             side[feature.name] = value if feature.side == "user" else [value]
         doc["k"] = 1
         return encode(doc)
+
+
+def _float32_block(rng: random.Random, n: int) -> bytes:
+    return _little_endian(array.array("f", (rng.gauss(0.0, 1.0) for _ in range(n))))
+
+
+def _little_endian(values: array.array[Any]) -> bytes:
+    if sys.byteorder != "little":
+        values.byteswap()
+    return values.tobytes()
+
+
+def _distinct(rng: random.Random, draw: IdDraw, n: int) -> list[int]:
+    """``n`` distinct ids drawn as ``draw`` says, in the order first drawn (n <= the slot's cardinality)."""
+    seen: dict[int, None] = {}
+    while len(seen) < n:
+        seen[draw_id(rng, draw)] = None
+    return list(seen)
+
+
+def _ids_bytes(kind: str, ids: Sequence[Any]) -> bytes:
+    if kind == "str":
+        encoded = [str(i).encode() for i in ids]
+        return _little_endian(array.array("I", map(len, encoded))) + b"".join(encoded)
+    return _little_endian(array.array("Q", ids))
+
+
+def encode_binary_delta(
+    producer: str, seq: int, schema_hash: str, created_at_ms: int, slots: Sequence[tuple[SlotRows, list[Any], bytes]]
+) -> bytes:
+    """A delta in the binary wire format (format 1, ``liverank.store.format``): preamble, CRC32, JSON header, then
+    per slot its ids, float32 values (``slots``: the plan, the ids and the values' bytes), updated_at_ms, no
+    tombstones. Every row carries ``created_at_ms`` as its update time."""
+    headers: list[dict[str, Any]] = []
+    chunks: list[bytes] = []
+    for rows, ids, values in slots:
+        kind = "str" if rows.slot.id_kind == "str" else "int"
+        id_bytes = _ids_bytes(kind, ids)
+        headers.append(
+            {
+                "name": rows.slot.name,
+                "n": len(ids),
+                "dim": rows.slot.dim,
+                "dtype": "float32",
+                "id_kind": kind,
+                "ids_bytes": len(id_bytes),
+                "n_tombstones": 0,
+                "tombstone_bytes": 0,
+            }
+        )
+        chunks += [id_bytes, values, _little_endian(array.array("q", [created_at_ms])) * len(ids)]
+    header = encode(
+        {"producer": producer, "seq": seq, "schema_hash": schema_hash, "created_at_ms": created_at_ms, "slots": headers}
+    )
+    data = b"".join(chunks)
+    lead = struct.pack("<4sHHI", BINARY_DELTA_MAGIC, 1, 0, len(header))
+    crc = zlib.crc32(data, zlib.crc32(header, zlib.crc32(lead)))
+    return lead + struct.pack("<I", crc) + header + data
 
 
 def rank_answer_problem(doc: Any, k: int) -> str | None:

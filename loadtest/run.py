@@ -35,7 +35,9 @@ from liverank.server_process import ServerNotStarted, ServerProcess, serve_comma
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 MAP_SIZE_BYTES = 4 * 1024**3
+MAP_BYTES_PER_PREFILL_ROW = 1024
 READY_TIMEOUT_S = 60.0
+TIER_BUILD_ROWS_PER_S = 20_000  # a pessimistic rate (loaded machine), for the ready timeout of a pre-filled server
 STOP_TIMEOUT_S = 10
 
 
@@ -49,15 +51,33 @@ def liverank_command() -> list[str]:
 
 
 class LocalServer:
-    """A liverank server of the load test's own: temp data dir, synthetic bundles, random admin token."""
+    """A liverank server of the load test's own: temp data dir, synthetic bundles, random admin token.
 
-    def __init__(self, log_path: Path, *, preset: str = "w500", dim: int = 32, seed: int = 0) -> None:
+    ``prefill_rows``: before ``serve`` starts, ``liverank bench fill`` writes W-500 rows into the data directory
+    (that many in each of the largest slots, user_id and item_id; every other slot at its W-500 cardinality), with
+    the ids the load test draws when ``LIVERANK_LARGEST_IDS`` is the same number (``locust_env`` below). Its figures
+    (rows, seconds) end up in ``fill``. ``workers``: ``liverank serve --workers`` (None: the server's default, one
+    per core).
+    """
+
+    def __init__(
+        self,
+        log_path: Path,
+        *,
+        preset: str = "w500",
+        dim: int = 32,
+        seed: int = 0,
+        prefill_rows: int = 0,
+        workers: int | None = None,
+    ) -> None:
         self.log_path = log_path
         self.preset, self.dim, self.seed = preset, dim, seed
+        self.prefill_rows, self.workers = prefill_rows, workers
         self.token = secrets.token_urlsafe(24)
         self.workdir = Path(tempfile.mkdtemp(prefix="liverank-loadtest-"))
         self.archives: list[Path] = []
         self.server: ServerProcess | None = None
+        self.fill: dict[str, Any] | None = None
 
     @property
     def url(self) -> str:
@@ -69,8 +89,23 @@ class LocalServer:
         self._liverank("export", *args, "--version", version, "--seed", str(seed))
         return bundle
 
-    def _liverank(self, *args: str) -> None:
-        subprocess.run([*liverank_command(), *args], check=True, stdout=subprocess.DEVNULL)
+    def _liverank(self, *args: str, quiet: bool = True) -> None:
+        subprocess.run([*liverank_command(), *args], check=True, stdout=subprocess.DEVNULL if quiet else None)
+
+    @property
+    def map_size_bytes(self) -> int:
+        """The LMDB map: room for the pre-filled rows (about 2 x ``prefill_rows`` of them, 200-300 bytes each on
+        disk at dim 32) and for what the run writes on top."""
+        return MAP_SIZE_BYTES + self.prefill_rows * MAP_BYTES_PER_PREFILL_ROW
+
+    def _prefill(self, bundle: Path) -> dict[str, Any]:
+        """``liverank bench fill`` into the data directory (its progress lines go to stderr); its figures."""
+        figures = self.workdir / "fill.json"
+        args = ["--data-dir", str(self.workdir / "data"), "--bundle", str(bundle), "--rows", str(self.prefill_rows)]
+        args += ["--map-size-bytes", str(self.map_size_bytes), "--seed", str(self.seed), "--json", str(figures)]
+        self._liverank("bench", "fill", *args, quiet=False)
+        fill: dict[str, Any] = json.loads(figures.read_text())
+        return fill
 
     def start(self) -> LocalServer:
         live = self._export("1", self.seed)
@@ -78,11 +113,16 @@ class LocalServer:
             archive = bundle.with_suffix(".tar.gz")
             self._liverank("export", "archive", "--bundle", str(bundle), "--out", str(archive))
             self.archives.append(archive)
-        args = ["--host", "127.0.0.1", "--map-size-bytes", str(MAP_SIZE_BYTES)]
+        if self.prefill_rows:
+            self.fill = self._prefill(live)
+        args = ["--host", "127.0.0.1", "--map-size-bytes", str(self.map_size_bytes)]
+        if self.workers is not None:
+            args += ["--workers", str(self.workers)]
         command = serve_command(self.workdir / "data", live, args, launcher=liverank_command())
         env = {**os.environ, "LIVERANK_ADMIN_TOKEN": self.token}
         self.server = ServerProcess(command, log_path=self.log_path, env=env)
-        self.server.start(timeout_s=READY_TIMEOUT_S)
+        # The writer builds the shared tier from every stored row before the server is ready.
+        self.server.start(timeout_s=READY_TIMEOUT_S + self.prefill_rows / TIER_BUILD_ROWS_PER_S)
         return self
 
     @property
@@ -90,7 +130,15 @@ class LocalServer:
         return None if self.server is None else self.server.pid
 
     def rss_bytes(self, field: str = "VmRSS") -> int | None:
+        """A memory figure of the master process alone (``ServerProcess.rss_bytes``)."""
         return None if self.server is None else self.server.rss_bytes(field)
+
+    def pss_bytes(self) -> int | None:
+        """The whole server's memory, shared pages counted once (``ServerProcess.pss_bytes``)."""
+        return None if self.server is None else self.server.pss_bytes()
+
+    def process_count(self) -> int:
+        return 0 if self.server is None else self.server.process_count()
 
     def stop(self) -> int | None:
         """Stop the server (SIGTERM, as a container runtime would; SIGKILL after 30 s). Its exit code."""

@@ -16,21 +16,27 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from liverank.exporter.archive import archive_bundle
 from liverank.exporter.synthetic import build_synthetic_bundle, synthetic_manifest
 from liverank.loadtest.payloads import (
+    W500_DRAWS,
     DeltaFactory,
+    FeatureSpec,
     ModelView,
     RequestFactory,
+    SlotSpec,
     ZipfSampler,
     archive_version,
     rank_answer_problem,
+    w500_draws,
 )
 from liverank.serving.request import Limits, parse_rank_request
-from liverank.store.format import delta_from_json
+from liverank.store.format import decode_delta
 from liverank.store.manifest import manifest_to_json
+from tests.serving.conftest import ADMIN, LiveServer, settings_for
 
 ROOT = Path(__file__).resolve().parents[2]
 LIMITS = Limits(max_candidates=2000, max_list_ids=256, max_k=1000)
@@ -69,17 +75,74 @@ def test_zipf_sampler_matches_the_zipf_distribution(n: int) -> None:
 def test_deltas_and_probes_fit_the_schema(model: ModelView) -> None:
     manifest = synthetic_manifest("w500", dim=8)
     deltas = DeltaFactory(model, producer="loadtest-x", seed=5, rows=20)
-    delta = delta_from_json(deltas.delta(7))
+    delta = decode_delta(deltas.delta(7))
     assert (delta.producer, delta.seq, delta.schema_hash) == ("loadtest-x", 7, manifest.schema_hash)
+    assert set(delta.slots) == {"item_id"}
     item = delta.slots["item_id"]
+    assert not isinstance(item.ids, tuple)
     assert int(item.ids[0]) == deltas.marker
-    assert item.values.shape[1] == 8
+    assert item.n_rows == 21
+    assert item.values.shape == (21, 8)
+    assert all(int(i) < W500_DRAWS["item_id"].cardinality for i in item.ids[1:])  # existing ids only
     probe = parse_rank_request(json.loads(deltas.probe(RequestFactory(model, seed=1))), manifest, LIMITS)
     assert probe.n_candidates == 1
     for column in (*probe.user.values(), *probe.candidates.values()):
         if column.feature.slot == "item_id":  # every item_id lookup of the probe is the marker
             assert column.ids is not None
             assert {int(i) for i in column.ids} == {deltas.marker}
+
+
+def test_d10k_deltas_spread_their_rows_as_workloads_md_says(model: ModelView) -> None:
+    draws = w500_draws(10_000_000)
+    deltas = DeltaFactory(model, producer="loadtest-d", seed=2, stream="d10k", draws=draws)
+    first, second = (decode_delta(deltas.delta(seq)) for seq in (1, 2))
+    assert (first.seq, second.seq) == (1, 2)
+    assert {name: rows.n_rows for name, rows in first.slots.items()} == {
+        "item_id": 1 + 7_000,  # the marker, then 70 % of 10,000
+        "author_id": 2_000,
+        "tags": 1_000,
+    }
+    for delta in (first, second):
+        for name, rows in delta.slots.items():
+            assert not isinstance(rows.ids, tuple)
+            ids = [int(i) for i in rows.ids if int(i) != deltas.marker]
+            assert len(set(ids)) == len(ids)  # a delta names each row once
+            new = [i for i in ids if i >= draws[name].cardinality]
+            assert len(new) == round(0.05 * len(ids)), name  # 5 % new ids, past every id a request draws
+            assert rows.values.shape == (rows.n_rows, 8)
+            assert np.isfinite(rows.values).all()
+    assert int(first.slots["item_id"].ids[0]) == int(second.slots["item_id"].ids[0]) == deltas.marker
+    new_ids = [{int(i) for i in d.slots["author_id"].ids if int(i) >= 100_000} for d in (first, second)]
+    assert not new_ids[0] & new_ids[1]  # new ids are new every delta
+    assert not np.array_equal(first.slots["tags"].values, second.slots["tags"].values)  # values change
+    items_only = ModelView(
+        "items-only", "1", "0" * 64, {"item_id": SlotSpec("item_id", 8, "int")},
+        (FeatureSpec("item_id", "candidate", "id", "item_id", None),), ("click",),
+    )  # fmt: skip
+    with pytest.raises(ValueError, match=r"writes slots \['author_id', 'tags'\] that model 'items-only' does not"):
+        DeltaFactory(items_only, producer="p", seed=0, stream="d10k")
+
+
+def test_a_d10k_delta_is_accepted_and_its_marker_becomes_visible(tiny_bundle: Path, tmp_path: Path) -> None:
+    live = LiveServer(settings_for(tmp_path / "data", tiny_bundle)).start()
+    try:
+        with live.client() as client:
+            tiny = ModelView.from_model_json(client.get("/v1/model").json())
+            deltas = DeltaFactory(tiny, producer="loadtest-d10k", seed=3, stream="d10k")
+            probe = deltas.probe(RequestFactory(tiny, seed=4))
+            before = client.post("/v1/rank", content=probe, headers={"Content-Type": "application/json"}).json()
+            assert before["stats"]["unseen_ids"]["item_id"] > 0  # the marker, wherever the probe names it
+            headers = {**ADMIN, "Content-Type": "application/octet-stream"}
+            pushed = client.post("/admin/deltas?wait=visible", content=deltas.delta(1), headers=headers)
+            assert pushed.status_code == 200, pushed.text
+            assert pushed.json()["status"] == "visible"
+            after = client.post("/v1/rank", content=probe, headers={"Content-Type": "application/json"}).json()
+            status = client.get("/admin/status", headers=ADMIN).json()
+    finally:
+        live.stop()
+    assert after["epoch"]["sparse_seq"]["loadtest-d10k"] == 1
+    assert after["stats"]["unseen_ids"]["item_id"] == 0
+    assert status["applied_seq"] == {"loadtest-d10k": 1}
 
 
 def test_rank_answer_checks() -> None:
