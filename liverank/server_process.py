@@ -221,9 +221,14 @@ class ServerProcess:
         in bytes; None if the process is gone."""
         return None if self.pid is None else process_status_bytes(self.pid, field)
 
-    def pss_bytes(self) -> int | None:
+    def pss(self) -> dict[str, int] | None:
         """The whole server's memory, shared pages counted once: PSS summed over this process and every descendant
-        (the master, the writer process, the worker processes); None if it is not running."""
+        (the master, the writer process, the worker processes), with its anon/file/shmem split (``PSS_FIELDS``), in
+        bytes; None if it is not running."""
+        return None if self.pid is None else process_tree_pss(self.pid)
+
+    def pss_bytes(self) -> int | None:
+        """The whole server's PSS (``pss``), in bytes."""
         return None if self.pid is None else process_tree_pss_bytes(self.pid)
 
     def process_count(self) -> int:
@@ -312,25 +317,43 @@ def process_tree_cpu_s(root: int) -> float:
     return total_ticks / _CLK_TCK
 
 
-def process_pss_bytes(pid: int) -> int | None:
-    """The proportional set size of one process (``Pss:`` of /proc/<pid>/smaps_rollup) in bytes: its private pages
-    plus, for each page it shares with k processes, 1/k of it. None if the process is gone or unreadable."""
+# Fields of /proc/<pid>/smaps_rollup: the proportional set size (a page shared by k processes counts 1/k in each)
+# and its split into anonymous memory (heaps), file pages (LMDB's map, libraries) and shared memory (/dev/shm).
+PSS_FIELDS = ("Pss", "Pss_Anon", "Pss_File", "Pss_Shmem")
+
+
+def process_pss(pid: int) -> dict[str, int] | None:
+    """The ``PSS_FIELDS`` of one process that its kernel reports, in bytes; None if the process is gone (or a
+    zombie) or its rollup is unreadable."""
+    wanted = {name.encode() + b":": name for name in PSS_FIELDS}
+    out: dict[str, int] = {}
     try:
         with open(f"/proc/{pid}/smaps_rollup", "rb") as rollup:
             for line in rollup:
-                if line.startswith(b"Pss:"):
-                    return int(line.split()[1]) * 1024
+                name = wanted.get(line.split(None, 1)[0]) if line.strip() else None
+                if name is not None:
+                    out[name] = int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         return None
-    return None
+    return out if "Pss" in out else None
+
+
+def process_tree_pss(root: int) -> dict[str, int] | None:
+    """``process_pss`` summed over ``root`` and all its descendants: the tree's memory with shared pages counted once.
+    A page mapped by k processes of the tree adds 1/k to each, so the tier in /dev/shm that the writer and every
+    worker map, LMDB's file pages and the interpreter's shared libraries count once in the sum (pages also mapped by
+    processes outside the tree count only the tree's share). None if ``root`` is gone."""
+    readings = [process_pss(pid) for pid in process_tree(root)]
+    if not readings or readings[0] is None:
+        return None
+    total: dict[str, int] = {}
+    for reading in readings:
+        for name, value in (reading or {}).items():
+            total[name] = total.get(name, 0) + value
+    return total
 
 
 def process_tree_pss_bytes(root: int) -> int | None:
-    """Memory of ``root`` and all its descendants with shared pages counted once: the sum of their PSS. A page
-    mapped by k processes of the tree adds 1/k to each, so the tier in /dev/shm that the writer and every worker map,
-    LMDB's file pages and the interpreter's shared libraries count once in the sum (pages also mapped by processes
-    outside the tree count only the tree's share). None if ``root`` is gone."""
-    readings = [process_pss_bytes(pid) for pid in process_tree(root)]
-    if not readings or readings[0] is None:
-        return None
-    return sum(r for r in readings if r is not None)
+    """The PSS of ``root`` and all its descendants summed (``process_tree_pss``), in bytes; None if it is gone."""
+    total = process_tree_pss(root)
+    return None if total is None else total["Pss"]

@@ -55,9 +55,9 @@ class LocalServer:
 
     ``prefill_rows``: before ``serve`` starts, ``liverank bench fill`` writes W-500 rows into the data directory
     (that many in each of the largest slots, user_id and item_id; every other slot at its W-500 cardinality), with
-    the ids the load test draws when ``LIVERANK_LARGEST_IDS`` is the same number (``locust_env`` below). Its figures
-    (rows, seconds) end up in ``fill``. ``workers``: ``liverank serve --workers`` (None: the server's default, one
-    per core).
+    the ids the load test draws when ``LIVERANK_LARGEST_IDS`` is the same number (the soak sets it for locust). Its
+    figures (rows, seconds) end up in ``fill``. ``workers``: ``liverank serve --workers`` (None: the server's
+    default, one per core).
     """
 
     def __init__(
@@ -133,8 +133,11 @@ class LocalServer:
         """A memory figure of the master process alone (``ServerProcess.rss_bytes``)."""
         return None if self.server is None else self.server.rss_bytes(field)
 
+    def pss(self) -> dict[str, int] | None:
+        """The whole server's memory, shared pages counted once, with its split (``ServerProcess.pss``)."""
+        return None if self.server is None else self.server.pss()
+
     def pss_bytes(self) -> int | None:
-        """The whole server's memory, shared pages counted once (``ServerProcess.pss_bytes``)."""
         return None if self.server is None else self.server.pss_bytes()
 
     def process_count(self) -> int:

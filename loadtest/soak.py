@@ -53,19 +53,32 @@ DEFAULT_PREFILL_ROWS = 10_000_000
 
 @dataclass(frozen=True)
 class MemoryReading:
-    """One reading of the server's memory: when, PSS of every server process, the master's VmRSS, processes."""
+    """One reading of the server's memory: when; the PSS of every server process summed, and the part of it that is
+    anonymous (heaps), file pages (LMDB's map, libraries) and shared memory (the tier in /dev/shm); the master's
+    VmRSS; how many server processes there were."""
 
     t: float
     pss_bytes: int
+    anon_bytes: int | None
+    file_bytes: int | None
+    shmem_bytes: int | None
     master_rss_bytes: int | None
     processes: int
 
 
 def read_memory(server: LocalServer) -> MemoryReading | None:
-    pss = server.pss_bytes()
+    pss = server.pss()
     if pss is None:
         return None
-    return MemoryReading(time.time(), pss, server.rss_bytes(), server.process_count())
+    return MemoryReading(
+        time.time(),
+        pss["Pss"],
+        pss.get("Pss_Anon"),
+        pss.get("Pss_File"),
+        pss.get("Pss_Shmem"),
+        server.rss_bytes(),
+        server.process_count(),
+    )
 
 
 def load_samples(path: Path) -> list[Sample]:
@@ -136,6 +149,9 @@ def per_minute(
                 "visible_p99_ms": _ms(visible, 99),
                 "swaps_ok": len(_of(bucket, SWAP, ok_only=True)),
                 "pss_mib": None if reading is None else _mib(reading.pss_bytes),
+                "anon_mib": None if reading is None else _mib(reading.anon_bytes),
+                "file_mib": None if reading is None else _mib(reading.file_bytes),
+                "shmem_mib": None if reading is None else _mib(reading.shmem_bytes),
                 "master_rss_mib": None if reading is None else _mib(reading.master_rss_bytes),
                 "processes": None if reading is None else reading.processes,
             }
@@ -247,14 +263,15 @@ def markdown(report: dict[str, Any]) -> str:
         f"{load['delta_interval_s']} s; a bundle swap every {load['swap_interval_s']} s; {load['duration_s']} s.",
         "",
         "| minute | rank ok | rank/s | p50 ms | p99 ms | failures | visible n | p50 ms | p99 ms | swaps | PSS all "
-        "| master RSS | processes |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| anon | file | shmem | master RSS | processes |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in report["minutes"]:
         lines.append(
             f"| {r['minute']} | {r['rank_ok']} | {r['rank_rps']} | {r['rank_p50_ms']} | {r['rank_p99_ms']} | "
             f"{r['failures']} | {r['visible_n']} | {r['visible_p50_ms']} | {r['visible_p99_ms']} | {r['swaps_ok']} | "
-            f"{r['pss_mib']} | {r['master_rss_mib']} | {r['processes']} |"
+            f"{r['pss_mib']} | {r['anon_mib']} | {r['file_mib']} | {r['shmem_mib']} | {r['master_rss_mib']} | "
+            f"{r['processes']} |"
         )
     lines += [
         "",
@@ -265,7 +282,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"- Server memory, PSS summed over all its processes (shared counted once): {_fmt_mib(memory['pss_at_start'])} "
         f"after start-up, {_fmt_mib(memory['pss_soak_start'])} at soak start, {_fmt_mib(memory['pss_at_end'])} at "
         f"end (max {_fmt_mib(memory['pss_max'])}); the master's VmRSS alone {_fmt_mib(memory['master_rss_at_end'])} "
-        "at end. Table: MiB, at each minute's last reading (every 10 s).",
+        "at end. Table: MiB, at each minute's last reading (every 10 s); PSS all = anon (heaps) + file (LMDB's map, "
+        "libraries) + shmem (the shared tier).",
         f"- Server's own push-to-visible (GET /admin/status): {report['server_status'].get('push_to_visible')}.",
         f"- Failures by request: {report['failures_by_request'] or 'none'}; "
         f"locust exit code {report['locust_exit_code']}; server exit code {report['server_exit_code']}.",

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from liverank.server_process import process_status_bytes, process_tree, process_tree_pss_bytes
+from liverank.server_process import process_status_bytes, process_tree, process_tree_pss, process_tree_pss_bytes
 
 SHARED_BYTES = 64 * 1024**2
 PRIVATE_BYTES = 32 * 1024**2  # more than an idle interpreter's own memory, so the tree outweighs either process
@@ -75,6 +75,12 @@ def test_the_tree_counts_shared_pages_once(two_processes: subprocess.Popen[bytes
     assert pss >= max(r for r in rss if r is not None)
     # The shared file is not counted twice, as a sum of RSS would count it.
     assert pss < sum(r for r in rss if r is not None) - SHARED_BYTES // 2
+    split = process_tree_pss(two_processes.pid)
+    assert split is not None
+    assert split["Pss"] == pss
+    if "Pss_File" in split:  # kernels since 5.14 split PSS: the file once, in file pages; the buffers, anonymous
+        assert split["Pss_File"] >= SHARED_BYTES
+        assert split["Pss_Anon"] >= 2 * PRIVATE_BYTES
 
 
 def test_a_process_that_is_gone_has_no_tree() -> None:

@@ -13,7 +13,7 @@ def _readings(started: float, duration_s: float, mib_at: dict[float, int]) -> li
     out = []
     for t in range(0, int(duration_s) + 1, 10):
         mib = max((v for at, v in mib_at.items() if at <= t), default=0)
-        out.append(MemoryReading(started + t, mib * MIB, 100 * MIB, 5))
+        out.append(MemoryReading(started + t, mib * MIB, None, None, None, 100 * MIB, 5))
     return out
 
 
