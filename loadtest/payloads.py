@@ -1,10 +1,12 @@
 """What the load test sends and what it expects back, built from the manifest a server serves (GET /v1/model).
 
 Requests follow W-500 (``/work/shared/WORKLOADS.md``): ids per slot are drawn uniformly or Zipf(1.1)-like over the
-slot's cardinality in that table; a slot the table does not name gets Zipf over 10,000 ids. User id lists are
-filled to their ``max_len`` (capped at the server's default ``max_list_ids``), candidate id lists hold 1-5 ids.
-Everything is seeded with ``random.Random(seed)`` and needs no numpy and no project code: the load test is a
-black-box HTTP client.
+slot's cardinality in that table (``w500_draws``: the largest slots' size is a setting, 1M by default, so that a
+store pre-filled by ``liverank bench fill`` holds every id drawn); a slot the table does not name gets Zipf over
+10,000 ids. User id lists are filled to their ``max_len`` (capped at the server's default ``max_list_ids``),
+candidate id lists hold 1-5 ids. Deltas (``DeltaFactory``: a marker row plus Zipf rows of the item slot, or D-10k)
+are written in the documented binary wire format with ``struct``, ``array`` and ``zlib``. Everything is seeded with
+``random.Random(seed)`` and needs no numpy and no project code: the load test is a black-box HTTP client.
 
 Zipf draws are exact (rejection-inversion sampling over ranks 1..n); rank r becomes id r - 1, so the popular ids
 are the small ones.
