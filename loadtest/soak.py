@@ -40,6 +40,7 @@ from typing import Any
 
 from liverank.loadtest.payloads import DELTA_STREAMS, percentile
 from liverank.loadtest.run import LocalServer, RunConfig, locust_command, locust_run, results_folder, summary
+from liverank.server_process import ServerNotStarted
 
 Sample = tuple[float, str, str, float, bool]  # end time s, type, name, response time ms, failed
 RANK = ("POST", "/v1/rank")
@@ -376,7 +377,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.prefill_rows:
             print(f"soak: pre-filling {args.prefill_rows:,} rows per largest slot (progress below)", flush=True)
-        server.start()
+        try:
+            server.start()
+        except (ServerNotStarted, subprocess.CalledProcessError, OSError) as exc:
+            # e.g. `liverank bench fill` is missing (an install without the repository's benchmarks), or a full disk
+            print(f"soak: cannot start the server: {exc} (server log: {results / 'server.log'})", file=sys.stderr)
+            return 2
         report["fill"] = server.fill
         report["server_startup_s"] = server.server.startup_s if server.server is not None else None
         report["processes_at_start"] = server.process_count()
