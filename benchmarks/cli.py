@@ -2,7 +2,8 @@
 
 Subcommands: ``store`` (the embedding store against Redis, py-lmdb, numpy and a dict), ``rank`` (W-500 ranking
 against a real ``liverank serve``, next to a FastAPI + Redis + ONNX Runtime baseline), ``dense`` (the dense tower
-alone: fp32 vs int8, user side split, ONNX threads) and ``fill`` (not a benchmark: a data directory pre-filled with
+alone: fp32 vs int8, user side split, ONNX threads), ``memory`` (the whole server's PSS with a pre-filled store,
+per worker count, beside an earlier checkout) and ``fill`` (not a benchmark: a data directory pre-filled with
 W-500 rows for a server to start on, as the soak does). The arguments are defined
 here; each subcommand's module (``run(args) -> int``) is imported only when it runs.
 """
@@ -186,6 +187,35 @@ def _add_fill_parser(subparsers: _SubParsers) -> None:
     p.set_defaults(command_module="liverank.benchmarks.prefill")
 
 
+def _add_memory_parser(subparsers: _SubParsers) -> None:
+    p = subparsers.add_parser(
+        "memory",
+        help="the whole server's memory (PSS over its processes) with a pre-filled W-500 store, per worker count",
+        description="Fill a W-500 store per size, start a server on a copy of it for each --workers value (and an "
+        "earlier checkout with --before), send W-500 requests, and read PSS summed over the server's processes.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--sizes", type=_counts, default=(1_000_000, 10_000_000), help="rows of the largest slots")
+    p.add_argument("--workers", type=_counts, default=_default_workers(), help="liverank serve --workers values")
+    p.add_argument(
+        "--before",
+        type=Path,
+        default=None,
+        metavar="TREE",
+        help="an earlier liverank source tree (e.g. a git worktree, kernel built in place) measured as the first peer",
+    )
+    p.add_argument("--requests", type=_count, default=300, help="W-500 requests each server answers before the read")
+    p.add_argument("--settle-s", type=float, default=5.0, help="pause between the last request and the read")
+    p.add_argument("--dim", type=_count, default=32, help="embedding dimension")
+    p.add_argument("--zipf-s", type=float, default=1.1, help="Zipf exponent of popular ids")
+    p.add_argument("--seed", type=int, default=20_240_601, help="seed of the rows and requests")
+    p.add_argument("--workdir", type=Path, default=None, help="where the run directory goes (default: temp)")
+    p.add_argument("--keep", action="store_true", help="keep the run directory")
+    p.add_argument("--json", type=Path, default=None, metavar="PATH", help="write the figures here")
+    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    p.set_defaults(command_module="liverank.benchmarks.memory_bench")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="liverank bench", description=__doc__)
     subparsers = parser.add_subparsers(dest="benchmark", metavar="<benchmark>", required=True)
@@ -194,6 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_profile_parser(subparsers)
     _add_dense_parser(subparsers)
     _add_fill_parser(subparsers)
+    _add_memory_parser(subparsers)
     return parser
 
 

@@ -9,13 +9,20 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from collections.abc import Callable, Coroutine
+from typing import Any
 
+import pytest
 import uvicorn
+import uvloop
 
 from liverank.serving.server import listening_socket
 
+Runner = Callable[[Coroutine[Any, Any, None]], None]
 
-def test_connections_accepted_on_the_workers_socket_have_nagle_off() -> None:
+
+@pytest.mark.parametrize("run", [asyncio.run, uvloop.run], ids=["asyncio", "uvloop"])  # the workers run uvloop
+def test_connections_accepted_on_the_workers_socket_have_nagle_off(run: Runner) -> None:
     config = uvicorn.Config("liverank.serving.api.app:create_worker_app", host="127.0.0.1", port=0)
     sock = listening_socket(config)
     try:
@@ -41,6 +48,6 @@ def test_connections_accepted_on_the_workers_socket_have_nagle_off() -> None:
             await asyncio.wait_for(got.wait(), 60)
             client.close()
 
-    asyncio.run(main())
+    run(main())
     assert accepted
     assert accepted[0] != 0

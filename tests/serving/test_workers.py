@@ -190,3 +190,17 @@ def test_a_killed_worker_is_replaced_and_loses_nothing(server: ServerProcess) ->
     late = [f for f in hammer.failures if not killed_at <= f[0] <= replaced_at]
     assert not late, late[:3]
     assert hammer.by_worker[survivor] > 0
+
+
+def test_workers_run_uvloop_and_httptools_and_accept_one_connection_at_a_time(server: ServerProcess) -> None:
+    """The mechanisms behind the per-request CPU and the spread of connections over workers (BENCHMARKS.md): each
+    worker runs libuv's loop and the C HTTP parser, and takes one pending connection per wake-up, so a client pool
+    opening its connections at once does not land on one worker."""
+    with server.client() as client:
+        status = answers_from_each_worker(client, "/admin/status", 2, headers=ADMIN)
+    for pid in status:
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        assert b"UV_TCP_SINGLE_ACCEPT=1" in environ
+        maps = Path(f"/proc/{pid}/maps").read_text()
+        assert "uvloop" in maps
+        assert "httptools" in maps
