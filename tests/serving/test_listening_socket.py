@@ -16,7 +16,8 @@ import pytest
 import uvicorn
 import uvloop
 
-from liverank.serving.server import listening_socket
+from liverank.serving.errors import ConfigInvalid
+from liverank.serving.server import listening_socket, own_listener
 
 Runner = Callable[[Coroutine[Any, Any, None]], None]
 
@@ -51,3 +52,28 @@ def test_connections_accepted_on_the_workers_socket_have_nagle_off(run: Runner) 
     run(main())
     assert accepted
     assert accepted[0] != 0
+
+
+def test_workers_add_listeners_of_their_own_on_the_shared_port() -> None:
+    """SO_REUSEPORT: a worker's own listener binds the port the master's socket holds (both listening at once)."""
+    config = uvicorn.Config("liverank.serving.api.app:create_worker_app", host="127.0.0.1", port=0)
+    shared = listening_socket(config)
+    shared.listen(8)
+    own = own_listener(shared, 8)
+    try:
+        assert own.getsockname() == shared.getsockname()
+        assert own.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) == 1
+        assert own.proto == socket.IPPROTO_TCP
+    finally:
+        own.close()
+        shared.close()
+
+
+def test_a_port_another_program_holds_is_one_clear_error() -> None:
+    with socket.socket() as squatter:  # no SO_REUSEPORT: the port is not shared with it
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen(1)
+        port = squatter.getsockname()[1]
+        config = uvicorn.Config("liverank.serving.api.app:create_worker_app", host="127.0.0.1", port=port)
+        with pytest.raises(ConfigInvalid, match=f"cannot listen on 127.0.0.1:{port}"):
+            listening_socket(config)
