@@ -7,9 +7,9 @@ from typing import Any
 RPS_MIN = 500.0
 RPS_AT_P99_MAX_MS = 15.0
 SINGLE_CLIENT_P50_MAX_MS = 3.0
-PUSH_TO_VISIBLE_P99_MAX_MS = 200.0
 P99_INFLATION_MAX_PCT = 20.0
-# Issue 11: every core serving, little Python per request.
+# Issue 11: every core serving, little Python per request; D-10k visible within 150 ms at 70 % of maximum load.
+PUSH_TO_VISIBLE_P99_MAX_MS = 150.0
 CEILING_SHARE_MIN = 0.8  # end-to-end throughput over the dense-only ceiling of the same run
 CORES_USED_MIN = 1.85  # server cores used at saturation, on a 2-core machine (scaled to the cores there are)
 CPU_OUTSIDE_ONNX_MAX_MS = 2.0
