@@ -60,20 +60,34 @@ def listening_socket(config: uvicorn.Config) -> socket.socket:
     - It logs uvicorn's "running on" line, which ``liverank.server_process`` reads the port from.
     """
     family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
+    if config.port:
+        # SO_REUSEPORT lets any socket of the same user that sets it too share the port: a second server started
+        # on this port by mistake would silently take part of the traffic. A plain bind fails if anything listens
+        # there (a reuse-port group included), so the second server refuses to start instead.
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            _bind(probe, config)
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
-        sock.bind((config.host, config.port))
-    except OSError as exc:
+        _bind(sock, config)
+    except ConfigInvalid:
         sock.close()
-        raise ConfigInvalid(f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}") from exc
+        raise
     sock.set_inheritable(True)
     shown = f"[{config.host}]" if family == socket.AF_INET6 else config.host
     logging.getLogger("uvicorn.error").info(
         "Uvicorn running on http://%s:%d (Press CTRL+C to quit)", shown, sock.getsockname()[1]
     )
     return sock
+
+
+def _bind(sock: socket.socket, config: uvicorn.Config) -> None:
+    try:
+        sock.bind((config.host, config.port))
+    except OSError as exc:
+        raise ConfigInvalid(f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}") from exc
 
 
 def own_listener(shared: socket.socket, backlog: int) -> socket.socket:

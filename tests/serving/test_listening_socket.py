@@ -77,3 +77,16 @@ def test_a_port_another_program_holds_is_one_clear_error() -> None:
         config = uvicorn.Config("liverank.serving.api.app:create_worker_app", host="127.0.0.1", port=port)
         with pytest.raises(ConfigInvalid, match=f"cannot listen on 127.0.0.1:{port}"):
             listening_socket(config)
+
+
+def test_a_second_server_on_the_same_port_is_refused_not_merged() -> None:
+    """SO_REUSEPORT would let a second server join the first's port and split its traffic: it must refuse."""
+    first = listening_socket(uvicorn.Config("liverank.serving.api.app:create_worker_app", host="127.0.0.1", port=0))
+    first.listen(8)
+    try:
+        port = first.getsockname()[1]
+        config = uvicorn.Config("liverank.serving.api.app:create_worker_app", host="127.0.0.1", port=port)
+        with pytest.raises(ConfigInvalid, match=f"cannot listen on 127.0.0.1:{port}"):
+            listening_socket(config)
+    finally:
+        first.close()
