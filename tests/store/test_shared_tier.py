@@ -224,3 +224,35 @@ def test_updates_reuse_freed_rows_and_tombstones_read_unseen(tmp_path: Path) -> 
     assert (got.reads["s"].updated_at_ms[:10] == DELETED_MS).all()
     assert (got.reads["s"].vectors[10:] == 50.0).all()
     assert got.epoch.resident == {"s": len(ids) - 10}
+
+
+def test_only_the_slot_that_overflows_grows(tmp_path: Path) -> None:
+    """A small slot filling up with new ids gets a bigger segment; a big slot keeps its size (its memory)."""
+    big, small = SlotConfig("big", 4), SlotConfig("small", 4)
+    big_ids = np.arange(1, 5_001, dtype=np.uint64)
+
+    def rows(ids: np.ndarray[Any, Any], value: float) -> tuple[Any, ...]:
+        return ids, np.full((len(ids), 4), value, np.float32), np.full(len(ids), 1_000, np.int64)
+
+    writer = SharedTierWriter(tmp_path, budget_rows=10**9)
+    chunks = [("big", *rows(big_ids, 1.0))]
+    writer.build({"big": big, "small": small}, {"big": len(big_ids)}, chunks, TierEpoch(0, {}, {}, {}))
+    first = writer._segment_id
+    big_capacity = writer._segment.slots["big"].capacity  # type: ignore[union-attr]
+    big_arena = len(writer._segment.slots["big"].updated)  # type: ignore[union-attr]
+    small_capacity = writer._segment.slots["small"].capacity  # type: ignore[union-attr]
+    seq = 0
+    while writer._segment_id == first:  # new small ids until the small slot must grow
+        seq += 1
+        new = np.arange(seq * 1_000, seq * 1_000 + 1_000, dtype=np.uint64) + 10**6
+        writer.publish([SlotChange(small, *rows(new, float(seq)), np.empty(0, np.uint64))], seq, {"p": seq})
+        assert seq < 100, "the small slot never grew"
+    grown = writer._segment
+    assert grown is not None
+    assert grown.slots["small"].capacity > small_capacity
+    assert (grown.slots["big"].capacity, len(grown.slots["big"].updated)) == (big_capacity, big_arena)
+    got = SharedTierReader(tmp_path).read({"big": big_ids, "small": new})
+    assert got is not None
+    assert got.epoch.generation == seq
+    assert (got.reads["big"].vectors == 1.0).all()  # the big slot's rows were carried over whole
+    assert (got.reads["small"].vectors == float(seq)).all()
