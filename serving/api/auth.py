@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import hmac
+import logging
 
 from fastapi import Request
 
 from liverank.serving.errors import ServingError
+
+log = logging.getLogger(__name__)
 
 
 class Unauthorized(ServingError):
@@ -25,7 +28,9 @@ def require_admin(request: Request) -> None:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token:
+        log.debug("admin request refused: no bearer token")  # what was sent is never logged
         raise Unauthorized("admin endpoints need 'Authorization: Bearer <token>'")
     expected = settings.admin_token.get_secret_value().encode("utf-8")
     if not hmac.compare_digest(token.strip().encode("utf-8"), expected):
+        log.debug("admin request refused: the bearer token does not match")
         raise Forbidden("the admin token is not valid")
