@@ -194,10 +194,9 @@ def run_server(settings: Settings, log_level: str) -> int:
     os.environ["LIVERANK_MASTER_PID"] = str(os.getpid())
     os.environ["LIVERANK_SHARED_TIER_DIR"] = str(tier)
     if settings.workers > 1:
-        # All workers accept on one socket, and libuv (uvloop) takes every pending connection on each wake-up: a
-        # client pool opening its keep-alive connections in a burst could land wholly on one worker while the others
-        # idle (measured, 2 workers, 16 clients: all 16 on one worker in 1 run of 3, 1.46 instead of 1.85 server
-        # cores). libuv's single-accept mode yields after each accept, so idle workers take their share.
+        # Every worker also accepts on the master's shared socket (``WorkerWithOwnListener``), and libuv (uvloop)
+        # takes every pending connection on a wake-up: single-accept mode yields after each accept, so a burst that
+        # the kernel hashed to the shared socket is not taken by one worker alone.
         os.environ.setdefault("UV_TCP_SINGLE_ACCEPT", "1")
     before = read_control(tier)
     writer = WriterProcess(writer_config(settings, shared_tier=True))
