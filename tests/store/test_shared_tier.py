@@ -256,3 +256,11 @@ def test_only_the_slot_that_overflows_grows(tmp_path: Path) -> None:
     assert got.epoch.generation == seq
     assert (got.reads["big"].vectors == 1.0).all()  # the big slot's rows were carried over whole
     assert (got.reads["small"].vectors == float(seq)).all()
+    # The carried-over slot keeps working: updates and new ids land, untouched rows keep their values.
+    moved = np.concatenate([big_ids[:100], np.arange(10**5, 10**5 + 50, dtype=np.uint64)])
+    writer.publish([SlotChange(big, *rows(moved, 7.0), np.empty(0, np.uint64))], seq + 1, {"p": seq + 1})
+    got = SharedTierReader(tmp_path).read({"big": np.concatenate([moved, big_ids[100:]])})
+    assert got is not None
+    assert (got.reads["big"].vectors[: len(moved)] == 7.0).all()
+    assert (got.reads["big"].vectors[len(moved) :] == 1.0).all()
+    assert (got.reads["big"].rows >= 0).all()
