@@ -134,14 +134,14 @@ class Metrics:
 
         # Labelled children by label value, for the per-request path: ``labels()`` takes a lock and builds a key
         # on every call, and a W-500 request touches about 50 labelled series (about 0.3 ms per request, measured).
-        self._children: dict[tuple[int, str, str], Any] = {}
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
 
-    def labelled(self, metric: Counter | Histogram, value: str, value2: str = "") -> Any:
-        """``metric.labels(value[, value2])``, remembered: for series written on every request."""
-        key = (id(metric), value, value2)
+    def labelled(self, metric: Counter | Histogram, *values: str) -> Any:
+        """``metric.labels(*values)``, remembered: for series written on every request."""
+        key = (id(metric), values)
         child = self._children.get(key)
         if child is None:
-            child = self._children[key] = metric.labels(value, value2) if value2 else metric.labels(value)
+            child = self._children[key] = metric.labels(*values)
         return child
 
     def record_rank(self, result: RankResult) -> None:
