@@ -41,7 +41,7 @@ from liverank.serving.services import connect_replication
 from liverank.serving.settings import Settings
 from liverank.serving.writer import STATUS_RECORD, WriterProcess, writer_config
 from liverank.store import EmbeddingStore
-from liverank.store.shared_tier import read_control
+from liverank.store.shared_tier import read_control, tier_files
 
 log = logging.getLogger(__name__)
 
@@ -237,7 +237,7 @@ def run_server(settings: Settings, log_level: str) -> int:
         writer.stop()
         shutil.rmtree(metrics_dir, ignore_errors=True)
         # The tier lives in memory (/dev/shm): a stopped server must not keep it. The next start rebuilds it.
-        for leftover in [*tier.glob("seg-*"), tier / "control", tier / "writer.pid"]:
+        for leftover in [*tier_files(tier), tier / "writer.pid"]:
             leftover.unlink(missing_ok=True)
         shutil.rmtree(settings.workers_path, ignore_errors=True)
         with contextlib.suppress(OSError):

@@ -1,21 +1,31 @@
 """The shared RAM tier: one copy of the hot rows for every serving worker, built and published by the writer.
 
-Files (in one directory, ``/dev/shm/liverank-<store>`` by default): ``control`` names the live segment; a segment
-``seg-<id>`` holds a header (publish counter, slot layout), two epoch records, and per slot a hash index with one
-keys array and two row-number copies, over one row arena. The writer process maps them read-write; workers map
-them read-only (numpy views over ``mmap``, probed and gathered by the compiled kernel).
+Files (in one directory, ``/dev/shm/liverank-<store>`` by default):
+
+- ``control`` names the live head (``head-<id>``; ids only grow). It is replaced by writing ``control.tmp`` and
+  renaming it (one atomic step).
+- a **head** ``head-<id>`` holds the publish counter ``G``, the layout (per slot: its config, sizes, array offsets and
+  the name of its slot file) and two epoch records. It is small (a few hundred KiB).
+- a **slot file** ``slot-<id>`` holds one slot's hash index (one keys array, two row-number copies) over its row
+  arena (vectors, update times).
+
+The writer process maps them read-write; workers map them read-only (numpy views over ``mmap``, probed and gathered
+by the compiled kernel). Readers keep the maps of the slot files the live head names, by file name: a slot file
+kept by a new head is not re-mapped.
 
 Invariants (tests/store/test_shared_tier.py checks them across processes):
 
-1. The publish counter ``G`` (one aligned u64) names the active index copy: ``G & 1``. Readers use only the
-   active copy and the epoch record of the same number. The writer writes only the *inactive* copy, its epoch
-   record, and arena rows that the active copy does not reference ("free" rows). A publish is one store:
-   ``G += 1``. So a writer stopped at any instant (SIGKILL included) leaves the active copy, its epoch and every row
-   it references untouched: readers go on serving that whole state; there is no "stuck odd" state.
-2. A read is valid iff ``G`` is the same before and after it (seqlock). A reader that overlapped a publish retries
-   (microseconds: a flip is one store, so only reads that straddle it retry); after ``MAX_TRIES`` it gives up and
-   the caller answers from LMDB (counted: a fallback). The epoch (LMDB generation, applied sequence per producer,
-   which slots are complete) is read inside the same section, so an answer's epoch names exactly what it read.
+1. The publish counter ``G`` (one aligned u64 in the live head) names the active index copy of every slot:
+   ``G & 1``. Readers use only the active copy and the epoch record of the same number. The writer writes only the
+   *inactive* copy, its epoch record, and arena rows that the active copy does not reference ("free" rows). A
+   publish is one store: ``G += 1``. So a writer stopped at any instant (SIGKILL included) leaves the active copy, its
+   epoch and every row it references untouched: readers go on serving that whole state; there is no "stuck odd"
+   state.
+2. A read is valid iff ``G`` is the same before and after it (seqlock) and is not ``RETIRED``. A reader that
+   overlapped a publish retries (microseconds: a flip is one store, so only reads that straddle it retry); after
+   ``MAX_TRIES`` it gives up and the caller answers from LMDB (counted: a fallback). The epoch (LMDB generation,
+   applied sequence per producer, which slots are complete) is read inside the same section, so an answer's epoch
+   names exactly what it read.
 3. Copy-on-write rows: an updated id gets a fresh arena row; its old row is freed only when the *next* publish has
    repointed the other copy (rows freed by publish P are reused from publish P+1 on). A reader still on the old
    copy after P sees ``G`` change and retries, so it never trusts a row that is being reused.
@@ -24,15 +34,36 @@ Invariants (tests/store/test_shared_tier.py checks them across processes):
    copies receive the same inserts in the same order, so they have the same occupied places: the copies share one
    keys array. A new id's key is written at a place that is empty (row -1) in the active copy, where its readers
    stop without looking at the key.
-5. Growth (arena or index full, a new slot): the writer builds a bigger segment beside the live one, then writes
-   its id into ``control``. A segment is never written again once another is live; readers re-map when the id
-   changes (the old file is unlinked, its memory freed when the last reader drops its map).
-6. A restarted writer never trusts the previous writer's bookkeeping (its free lists lived in its own memory): it
-   builds a fresh segment from LMDB and publishes it; until then readers serve the previous segment's whole state.
+5. Growth (a slot's arena or index full, or a new slot) touches only that slot. Order of a growing publish:
+   a. the replay of invariant 4 first: every slot's two index copies are now equal;
+   b. the growing slot gets a new, bigger file (``slot-<id>.building``, renamed when filled with the active rows);
+      no head names it yet;
+   c. a new head (``head-<id>.building``, renamed when complete) names the new file for the growing slot and the
+      *existing* files of every other slot, starts with the same ``G`` (same active copy) and both epoch records
+      set to the current state: it describes exactly the state the old head describes;
+   d. ``control`` is renamed to name the new head;
+   e. the old head is **retired**: ``RETIRED`` is stored into its ``G``, before the writer's first later store to
+      any slot file (the delta's rows and index writes in the kept files come after). A reader that loaded the old
+      ``G = g``, then data, then ``G`` again sees ``RETIRED != g`` if any of its data loads could have seen a later
+      store, and retries; a reader that loads ``RETIRED`` re-reads ``control`` at once. A retired head is never
+      written again, so it stays retired.
+   f. heads and slot files that the live head does not name are unlinked (a reader's map of them stays valid: the
+      old grown slot file is never written again, so readers still on it read a whole state until they move).
+   A big slot's file is never copied or touched by another slot's growth.
+6. A writer SIGKILLed at any point leaves readers on a whole state. Mid-publish: invariant 1. In growth: during b
+   or c (new files half-written, or complete but not named by ``control``) readers use the old head, untouched but
+   for invariant 1's inactive copy; after d and before e the old head is not retired, but nothing has written any
+   slot file since d (e precedes every such store), so the old and new heads describe the same whole state; after
+   e the old head is retired and readers follow ``control`` to the new head, a state of invariant 1. A restarted
+   writer never trusts the previous writer's bookkeeping (its free lists lived in its own memory): it builds fresh
+   slot files and a fresh head from LMDB, publishes them by ``control`` and unlinks every file the new head does not
+   name (leftovers of any window above included); until then readers serve the previous head's whole state.
 7. Deleted and expired ids point at row 0, which always reads as unseen (zeros, time ``DELETED_MS``).
 
-Memory order: the writer's stores (rows, index, epoch, then ``G``) and a reader's loads (``G``, data, ``G``) keep
-program order on x86-64 (TSO), which this relies on; a weakly ordered CPU would need fences around ``G``.
+Memory order: the writer's stores (rows, index, epoch, then ``G``; ``RETIRED`` into the old head's ``G`` before any
+later store to a slot file) and a reader's loads (``G``, data, ``G``) keep program order on x86-64 (TSO), which this
+relies on; a weakly ordered CPU would need fences around ``G``. File contents written before ``control`` is renamed
+are visible to a reader that opens the file after reading ``control`` (the page cache is one copy).
 
 String-id slots (``id_kind="str"``) are not held here: their ids have no fixed width; they read from LMDB.
 """
@@ -43,6 +74,7 @@ import hashlib
 import logging
 import mmap
 import os
+import re
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -60,18 +92,26 @@ from liverank.store.slots import SlotConfig
 
 log = logging.getLogger(__name__)
 
-MAGIC = b"LRTIER01"
+MAGIC = b"LRTIER02"  # control and heads
+SLOT_MAGIC = b"LRSLOT02"
 CONTROL_BYTES = 64
 HEADER_BYTES = 64 * 1024  # magic, G, layout JSON
 EPOCH_BYTES = 64 * 1024  # per copy: u32 length + JSON
+SLOT_HEADER_BYTES = 64  # magic
 MAX_TRIES = 64
 RESERVED_ROW = 0
+RETIRED = 2**64 - 1  # stored into a superseded head's G (invariant 5e)
 _ALIGN = 64
 _G_OFFSET = 8
 _LAYOUT_OFFSET = 16
+_TIER_FILE = re.compile(r"(head|slot)-(\d+)(\.building)?")
 # Test-only seam: the writer pauses forever right before the flip of this generation (after writing the inactive
 # copy), having created ``stalled-<generation>`` in the tier directory, so a test can SIGKILL it mid-publish.
 STALL_ENV = "LIVERANK_TIER_TEST_STALL_AT_GENERATION"
+# Test-only seam: the writer pauses forever at this step of its first growth (one of ``GROWTH_WINDOWS``), having
+# created ``stalled-<window>`` in the tier directory, so a test can SIGKILL it there.
+GROWTH_STALL_ENV = "LIVERANK_TIER_TEST_STALL_IN_GROWTH"
+GROWTH_WINDOWS = ("slot-written", "head-written", "control-renamed")
 
 
 @dataclass(frozen=True)
@@ -98,12 +138,18 @@ def default_dir(store_path: str | os.PathLike[str]) -> Path:
     return Path("/dev/shm") / f"liverank-{digest}"
 
 
+def tier_files(directory: Path) -> list[Path]:
+    """Every file of a shared tier in ``directory`` (control, heads, slot files, half-built ones)."""
+    found = [path for path in directory.glob("*-*") if _TIER_FILE.fullmatch(path.name)]
+    return [*found, *(p for p in (directory / "control", directory / "control.tmp") if p.exists())]
+
+
 def _align(n: int) -> int:
     return (n + _ALIGN - 1) // _ALIGN * _ALIGN
 
 
-def _segment_path(directory: Path, segment_id: int) -> Path:
-    return directory / f"seg-{segment_id}"
+def _head_path(directory: Path, head_id: int) -> Path:
+    return directory / f"head-{head_id}"
 
 
 @dataclass
@@ -119,74 +165,116 @@ class _SlotArrays:
         return len(self.keys[0])
 
 
-class _Segment:
-    """One mapped segment file: numpy views over its header, epoch records and slot arrays."""
+def _slot_layout(config: SlotConfig, file: str, cap: int, arena: int) -> tuple[dict[str, Any], int]:
+    """A slot file's layout entry (as the head stores it) and the file's size in bytes."""
+    offset = SLOT_HEADER_BYTES
+    offsets = {}
+    for name, size in (
+        ("keys", cap * 8),
+        ("rows0", cap * 8),
+        ("rows1", cap * 8),
+        ("vectors", arena * config.row_bytes),
+        ("updated", arena * 8),
+    ):
+        offsets[name] = offset
+        offset = _align(offset + size)
+    entry = {"config": config.to_json(), "file": file, "capacity": cap, "arena_rows": arena, "offsets": offsets}
+    return entry, offset
 
-    def __init__(self, path: Path, *, writable: bool) -> None:
+
+def _map(path: Path, *, writable: bool) -> mmap.mmap:
+    with open(path, "r+b" if writable else "rb") as f:
+        return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_WRITE if writable else mmap.ACCESS_READ)
+
+
+class _SlotFile:
+    """One mapped slot file: numpy views over its index and arena, as the layout ``entry`` of a head places them."""
+
+    def __init__(self, path: Path, entry: Mapping[str, Any], *, writable: bool) -> None:
+        self.name = entry["file"]
+        self.entry = dict(entry)
+        self._map = _map(path, writable=writable)
+        buf = memoryview(self._map)
+        if bytes(buf[:8]) != SLOT_MAGIC:
+            raise ValueError(f"{path} is not a liverank tier slot file")
+        config = SlotConfig.from_json(entry["config"])
+        cap, arena = int(entry["capacity"]), int(entry["arena_rows"])
+        off = entry["offsets"]
+
+        def view(name: str, dtype: Any, count: int) -> Array:
+            return np.frombuffer(buf, dtype=dtype, count=count, offset=off[name])
+
+        keys = view("keys", np.uint64, cap)
+        self.arrays = _SlotArrays(
+            config,
+            (keys, keys),  # shared by both copies (invariant 4)
+            (view("rows0", np.int64, cap), view("rows1", np.int64, cap)),
+            view("vectors", config.np_dtype, arena * config.dim).reshape(arena, config.dim),
+            view("updated", np.int64, arena),
+        )
+
+    @classmethod
+    def create(cls, directory: Path, file: str, config: SlotConfig, cap: int, arena: int) -> _SlotFile:
+        """A new, empty slot file (both copies empty), under its final name once initialised; no head names it."""
+        entry, size = _slot_layout(config, file, cap, arena)
+        tmp = directory / f"{file}.building"
+        with open(tmp, "wb") as f:
+            f.truncate(size)  # sparse: pages are allocated as they are written
+            f.write(SLOT_MAGIC)
+        slot_file = cls(tmp, entry, writable=True)
+        for rows in slot_file.arrays.rows:
+            rows[:] = -1
+        slot_file.arrays.updated[RESERVED_ROW] = DELETED_MS
+        os.rename(tmp, directory / file)
+        return slot_file
+
+
+class _Segment:
+    """One head and the slot files it names: its ``G``, epoch records and per-slot arrays.
+
+    ``files`` are slot files already mapped (by file name); those the head names are reused, not mapped again."""
+
+    def __init__(self, path: Path, *, writable: bool, files: Mapping[str, _SlotFile] | None = None) -> None:
         self.path = path
-        with open(path, "r+b" if writable else "rb") as f:
-            self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_WRITE if writable else mmap.ACCESS_READ)
+        self._map = _map(path, writable=writable)
         buf = memoryview(self._map)
         if bytes(buf[:8]) != MAGIC:
-            raise ValueError(f"{path} is not a liverank tier segment")
+            raise ValueError(f"{path} is not a liverank tier head")
         self.counter = np.frombuffer(buf, dtype=np.uint64, count=1, offset=_G_OFFSET)
         (length,) = np.frombuffer(buf, dtype=np.uint32, count=1, offset=_LAYOUT_OFFSET)
         layout = orjson.loads(bytes(buf[_LAYOUT_OFFSET + 4 : _LAYOUT_OFFSET + 4 + int(length)]))
         self.epoch_areas = [buf[HEADER_BYTES + i * EPOCH_BYTES : HEADER_BYTES + (i + 1) * EPOCH_BYTES] for i in (0, 1)]
+        known = files or {}
+        self.files: dict[str, _SlotFile] = {}
         self.slots: dict[str, _SlotArrays] = {}
         for entry in layout["slots"]:
-            config = SlotConfig.from_json(entry["config"])
-            cap, arena = int(entry["capacity"]), int(entry["arena_rows"])
-            off = entry["offsets"]
-
-            def view(name: str, dtype: Any, count: int, off: dict[str, int] = off) -> Array:
-                return np.frombuffer(buf, dtype=dtype, count=count, offset=off[name])
-
-            vectors = view("vectors", config.np_dtype, arena * config.dim).reshape(arena, config.dim)
-            keys = view("keys", np.uint64, cap)
-            self.slots[config.name] = _SlotArrays(
-                config,
-                (keys, keys),  # shared by both copies (invariant 4)
-                (view("rows0", np.int64, cap), view("rows1", np.int64, cap)),
-                vectors,
-                view("updated", np.int64, arena),
-            )
+            slot_file = known.get(entry["file"])
+            if slot_file is None:
+                slot_file = _SlotFile(path.parent / entry["file"], entry, writable=writable)
+            self.files[slot_file.name] = slot_file
+            self.slots[slot_file.arrays.config.name] = slot_file.arrays
         self._epochs: dict[int, TierEpoch] = {}
 
     @classmethod
-    def create(cls, path: Path, slots: Mapping[str, tuple[SlotConfig, int, int]]) -> _Segment:
-        """A new segment file: ``slots`` maps name -> (config, index capacity, arena rows). Both copies empty."""
-        offset = HEADER_BYTES + 2 * EPOCH_BYTES
-        entries = []
-        for config, cap, arena in slots.values():
-            offsets = {}
-            for name, size in (
-                ("keys", cap * 8),
-                ("rows0", cap * 8),
-                ("rows1", cap * 8),
-                ("vectors", arena * config.row_bytes),
-                ("updated", arena * 8),
-            ):
-                offsets[name] = offset
-                offset = _align(offset + size)
-            entries.append({"config": config.to_json(), "capacity": cap, "arena_rows": arena, "offsets": offsets})
-        layout = orjson.dumps({"slots": entries})
+    def create(cls, path: Path, files: Iterable[_SlotFile], g: int, epoch: TierEpoch) -> _Segment:
+        """A new head naming ``files``, with ``G = g`` and both epoch records set to ``epoch``; renamed to ``path``
+        once complete (invariant 5c)."""
+        by_name = {f.name: f for f in files}
+        layout = orjson.dumps({"slots": [f.entry for f in by_name.values()]})
         if _LAYOUT_OFFSET + 4 + len(layout) > HEADER_BYTES:
-            raise ValueError("too many slots for the shared tier's header")
+            raise ValueError("too many slots for the shared tier's head")
         tmp = path.with_name(path.name + ".building")
         with open(tmp, "wb") as f:
-            f.truncate(offset)  # sparse: pages are allocated as they are written
-            f.write(MAGIC)
+            f.truncate(HEADER_BYTES + 2 * EPOCH_BYTES)
+            f.write(MAGIC + np.uint64(g).tobytes())
             f.seek(_LAYOUT_OFFSET)
             f.write(np.uint32(len(layout)).tobytes() + layout)
-        segment = cls(tmp, writable=True)
-        for arrays in segment.slots.values():
-            for rows in arrays.rows:
-                rows[:] = -1
-            arrays.updated[RESERVED_ROW] = DELETED_MS
+        head = cls(tmp, writable=True, files=by_name)
+        head.write_epoch(0, epoch)
+        head.write_epoch(1, epoch)
         os.rename(tmp, path)
-        segment.path = path
-        return segment
+        head.path = path
+        return head
 
     @property
     def g(self) -> int:
@@ -237,6 +325,7 @@ class _Segment:
 
 
 def read_control(directory: Path) -> int:
+    """The id of the live head (0: none yet). Ids only grow."""
     try:
         with open(directory / "control", "rb") as f:
             raw = f.read(16)
@@ -245,10 +334,10 @@ def read_control(directory: Path) -> int:
     return int.from_bytes(raw[8:16], "little") if raw[:8] == MAGIC else 0
 
 
-def _write_control(directory: Path, segment_id: int) -> None:
-    """Point readers at a segment: written to a temporary file and renamed (one atomic step)."""
+def _write_control(directory: Path, head_id: int) -> None:
+    """Point readers at a head: written to a temporary file and renamed (one atomic step)."""
     tmp = directory / "control.tmp"
-    tmp.write_bytes(MAGIC + segment_id.to_bytes(8, "little") + bytes(CONTROL_BYTES - 16))
+    tmp.write_bytes(MAGIC + head_id.to_bytes(8, "little") + bytes(CONTROL_BYTES - 16))
     os.rename(tmp, directory / "control")
 
 
@@ -283,19 +372,32 @@ class SharedTierReader:
         self.gave_up = 0
 
     def _current(self) -> _Segment | None:
-        segment_id = read_control(self.directory)
+        """The head ``control`` names, mapped (with the slot files it names), or the one we have if that head is
+        already gone (the writer moved on again and unlinked it: control is read again on the next call)."""
         segment = self._segment
-        if segment_id == 0:
-            return None
-        if segment is None or segment_id != self._segment_id:
+        for _ in range(3):
+            segment_id = read_control(self.directory)
+            if segment_id == 0:
+                return None
+            if segment is not None and segment_id == self._segment_id:
+                return segment
             try:
-                segment = _Segment(_segment_path(self.directory, segment_id), writable=False)
+                # Slot files the previous head shares with this one keep their maps. The previous head's maps are
+                # dropped, not closed: a thread may still read them (its G check tells it to retry).
+                known = segment.files if segment is not None else None
+                segment = _Segment(_head_path(self.directory, segment_id), writable=False, files=known)
             except (FileNotFoundError, ValueError):
-                return self._segment  # replaced again meanwhile: the one we have is still a whole state
-            # The previous map is dropped, not closed: a thread may still read it (and will retry on its G check
-            # only if that segment was written, which it no longer is: its state is whole).
+                continue  # replaced again meanwhile: read control again
             self._segment, self._segment_id = segment, segment_id
+            return segment
         return segment
+
+    def slot_files(self) -> dict[str, Path]:
+        """The file each slot of the live head reads from (empty before the writer published anything)."""
+        segment = self._current()
+        if segment is None:
+            return {}
+        return {s.arrays.config.name: self.directory / name for name, s in segment.files.items()}
 
     def epoch(self) -> TierEpoch | None:
         """The state readers are served now (None before the writer published anything)."""
@@ -310,6 +412,9 @@ class SharedTierReader:
             return None
         for attempt in range(MAX_TRIES):
             g = segment.g
+            if g == RETIRED:  # a newer head is live (invariant 5e): follow control now
+                segment = self._current() or segment
+                continue
             copy = g & 1
             epoch = segment.epoch(copy, g)
             reads = {}
@@ -398,7 +503,7 @@ class SlotChange:
 
 
 class SharedTierWriter:
-    """The writer process's side: builds segments, publishes deltas copy-on-write, one flip each."""
+    """The writer process's side: builds slot files and heads, publishes deltas copy-on-write, one flip each."""
 
     def __init__(self, directory: str | os.PathLike[str], budget_rows: int) -> None:
         self.directory = Path(directory)
@@ -406,11 +511,58 @@ class SharedTierWriter:
         self.budget_rows = budget_rows
         self._segment: _Segment | None = None
         self._segment_id = read_control(self.directory)
+        self._last_id = self._segment_id
         self._books: dict[str, _SlotBook] = {}
         self._epoch = TierEpoch(0, {}, {}, {})
         stall = os.environ.get(STALL_ENV)
         self._stall_at = int(stall) if stall else None
+        self._growth_stall = os.environ.get(GROWTH_STALL_ENV)
         self.last_publish_window_s = 0.0
+
+    # --- files --------------------------------------------------------------------------------------------------
+
+    def _next_id(self) -> int:
+        """A file id above every id in the directory and ``control`` (a restarted writer never reuses a name that
+        a reader may still have mapped)."""
+        ids = [int(m.group(2)) for p in self.directory.iterdir() if (m := _TIER_FILE.fullmatch(p.name))]
+        self._last_id = max(self._last_id, read_control(self.directory), *ids) + 1
+        return self._last_id
+
+    def _new_slot(self, config: SlotConfig, rows: int) -> tuple[_SlotFile, _SlotBook]:
+        """An empty slot file with room for ``rows`` rows and its free list (every arena row but the reserved)."""
+        cap, arena = capacity_for(rows), 1 + rows
+        slot_file = _SlotFile.create(self.directory, f"slot-{self._next_id()}", config, cap, arena)
+        return slot_file, _SlotBook(free=[np.arange(arena - 1, RESERVED_ROW, -1, dtype=np.int64)])
+
+    def _switch(
+        self, files: Iterable[_SlotFile], books: dict[str, _SlotBook], epoch: TierEpoch, g: int, *, growth: bool
+    ) -> _Segment:
+        """Publish a new head naming ``files`` (invariant 5 c-f): head, control, retire the old head, unlink what is
+        no longer named."""
+        full = self._with_books(epoch, books)
+        head_id = self._next_id()
+        segment = _Segment.create(_head_path(self.directory, head_id), files, g, full)
+        if growth:
+            self._stall_in_growth("head-written")
+        old = self._segment
+        _write_control(self.directory, head_id)
+        if growth:
+            self._stall_in_growth("control-renamed")
+        if old is not None:
+            old.counter[0] = RETIRED  # before any later store to a slot file (invariant 5e)
+        self._segment, self._segment_id, self._books, self._epoch = segment, head_id, books, full
+        named = {segment.path.name, *segment.files}
+        for path in tier_files(self.directory):
+            if path.name not in named and path.name not in ("control", "control.tmp"):
+                path.unlink(missing_ok=True)
+        log.info("shared tier head %s live: %s rows", head_id, sum(b.resident for b in books.values()))
+        return segment
+
+    def _stall_in_growth(self, window: str) -> None:
+        if self._growth_stall == window:
+            (self.directory / f"stalled-{window}").touch()
+            while True:  # test-only: wait here to be killed in this growth window
+                time.sleep(1)
 
     # --- building ---------------------------------------------------------------------------------------------
 
@@ -421,10 +573,12 @@ class SharedTierWriter:
         chunks: Iterable[tuple[str, IntIds, Array, Array]],
         epoch: TierEpoch,
     ) -> None:
-        """A fresh segment from ``chunks`` (slot, ids, vectors, times), sized for ``counts`` rows per slot plus
-        headroom, published whole. The budget caps resident rows; a slot past it is incomplete."""
+        """Fresh slot files and a head from ``chunks`` (slot, ids, vectors, times), sized for ``counts`` rows per
+        slot plus headroom, published whole (invariant 6). The budget caps resident rows; a slot past it is
+        incomplete."""
         room = self.budget_rows
-        sizes: dict[str, tuple[SlotConfig, int, int]] = {}
+        files: dict[str, _SlotFile] = {}
+        books: dict[str, _SlotBook] = {}
         wanted: dict[str, int] = {}
         for name, config in slots.items():
             if config.id_kind == "str":
@@ -432,9 +586,8 @@ class SharedTierWriter:
             take = min(counts.get(name, 0), max(room, 0))
             room -= take
             wanted[name] = take
-            sizes[name] = (config, capacity_for(take + max(1024, take // 4)), 1 + take + max(1024, take // 4))
-        segment, books = self._new_segment(sizes)
-        complete = {name: name in sizes for name in slots}
+            files[name], books[name] = self._new_slot(config, take + max(1024, take // 4))
+        complete = {name: name in files for name in slots}
         for name, ids, vectors, updated in chunks:
             book = books.get(name)
             if book is None:
@@ -444,21 +597,13 @@ class SharedTierWriter:
                 complete[name] = False
             if left <= 0:
                 continue
-            self._load(segment.slots[name], book, ids[:left], vectors[:left], updated[:left])
+            self._load(files[name].arrays, book, ids[:left], vectors[:left], updated[:left])
         for name, book in books.items():
             book.complete = complete[name] and wanted[name] >= counts.get(name, 0)
-        self._install(segment, books, epoch)
-
-    def _new_segment(self, sizes: Mapping[str, tuple[SlotConfig, int, int]]) -> tuple[_Segment, dict[str, _SlotBook]]:
-        self._segment_id = max(self._segment_id, read_control(self.directory)) + 1
-        segment = _Segment.create(_segment_path(self.directory, self._segment_id), sizes)
-        books = {}
-        for name, (_, _, arena) in sizes.items():
-            books[name] = _SlotBook(free=[np.arange(arena - 1, RESERVED_ROW, -1, dtype=np.int64)])
-        return segment, books
+        self._switch(files.values(), books, epoch, 0, growth=False)
 
     def _load(self, arrays: _SlotArrays, book: _SlotBook, ids: IntIds, vectors: Array, updated: Array) -> None:
-        """Rows into a segment no reader sees yet: both copies at once."""
+        """Rows into a slot file no head names yet: both copies at once."""
         rows = book.take(len(ids))
         arrays.vectors[rows] = vectors
         arrays.updated[rows] = updated
@@ -466,20 +611,6 @@ class SharedTierWriter:
             added = _insert(arrays.keys[copy], arrays.rows[copy], ids, rows)
         book.entries += added
         book.resident += len(ids)
-
-    def _install(self, segment: _Segment, books: dict[str, _SlotBook], epoch: TierEpoch) -> None:
-        """Publish a whole new segment: its epoch in both records, then its id in ``control``."""
-        full = self._with_books(epoch, books)
-        segment.write_epoch(0, full)
-        segment.write_epoch(1, full)
-        old = self._segment
-        self._segment, self._books, self._epoch = segment, books, full
-        _write_control(self.directory, self._segment_id)
-        for path in self.directory.glob("seg-*"):
-            if path != segment.path and not path.name.endswith(".building"):
-                path.unlink(missing_ok=True)
-        del old
-        log.info("shared tier segment %s live: %s rows", self._segment_id, sum(b.resident for b in books.values()))
 
     def _with_books(self, epoch: TierEpoch, books: Mapping[str, _SlotBook]) -> TierEpoch:
         complete = dict.fromkeys(epoch.complete, False)
@@ -500,6 +631,12 @@ class SharedTierWriter:
     def slots(self) -> dict[str, SlotConfig]:
         return {} if self._segment is None else {n: a.config for n, a in self._segment.slots.items()}
 
+    def slot_files(self) -> dict[str, Path]:
+        """The file each slot of the live head lives in."""
+        if self._segment is None:
+            return {}
+        return {s.arrays.config.name: self.directory / name for name, s in self._segment.files.items()}
+
     def resident_rows(self) -> int:
         return sum(book.resident for book in self._books.values())
 
@@ -509,12 +646,10 @@ class SharedTierWriter:
         """Make ``changes`` visible as one state (``generation``), copy-on-write, with one flip of ``G``."""
         segment = self._segment
         assert segment is not None, "build() first"
-        if not self._fits(segment, changes):
-            segment = self._grown(changes)
         g = segment.g
         active, inactive = g & 1, (g + 1) & 1
         # Invariant 4: bring the lagging copy up to the active state; rows freed by the previous publish are now
-        # unreferenced by both copies.
+        # unreferenced by both copies. Done before any growth (5a): a new head then names equal copies.
         for name, book in self._books.items():
             arrays = segment.slots[name]
             if len(book.pending_ids):
@@ -523,6 +658,8 @@ class SharedTierWriter:
                 book.free.append(book.freed_last)
             book.freed_last = np.empty(0, np.int64)
             book.pending_ids, book.pending_rows = np.empty(0, np.uint64), np.empty(0, np.int64)
+        if not self._fits(segment, changes):
+            segment = self._grown(changes)
         started = time.perf_counter()
         for change in changes:
             self._write_change(segment, change, active, inactive)
@@ -593,7 +730,9 @@ class SharedTierWriter:
         return n <= book.n_free() and 2 * (book.entries + n) <= arrays.capacity
 
     def _grown(self, changes: list[SlotChange]) -> _Segment:
-        """A bigger segment holding the active state (no change applied yet), published; invariant 5."""
+        """A new head where only the slots that overflow (or are new) have new, bigger files, holding the active
+        state (no change applied yet); every other slot keeps its file, untouched (invariant 5). Call after the
+        replay: both index copies are equal."""
         old = self._segment
         assert old is not None
         g = old.g
@@ -603,37 +742,26 @@ class SharedTierWriter:
         for change in changes:
             if change.config.id_kind != "str":
                 configs[change.config.name] = change.config
-        sizes = {}
-        kept: set[str] = set()
+        files = {f.arrays.config.name: f for f in old.files.values()}
+        books = dict(self._books)
         for name, config in configs.items():
             book = self._books.get(name, _SlotBook())
             arrays = old.slots.get(name)
             n = extra.get(name, 0)
             if arrays is not None and arrays.config == config and self._slot_fits(book, arrays, n):
-                # Only the slots that overflow grow: a small slot filling up with new ids must not double the
-                # memory of a 10M-row one (measured in the soak: +3 GB of /dev/shm while the copy ran).
-                sizes[name] = (config, arrays.capacity, len(arrays.updated))
-                kept.add(name)
-                continue
+                continue  # keeps its file: a small slot growing must not copy a 10M-row one (measured in the soak)
             need = book.resident + n
             grow = max(2 * need, 1024)
-            sizes[name] = (config, capacity_for(grow), 1 + grow)
-        segment, books = self._new_segment(sizes)
-        for name, arrays in old.slots.items():
-            if name in kept:
-                _copy_whole(arrays, active, segment.slots[name], books[name])
-            else:
+            files[name], books[name] = self._new_slot(config, grow)
+            if arrays is not None:
                 live = arrays.rows[active] > RESERVED_ROW
                 ids = arrays.keys[active][live]
                 rows = arrays.rows[active][live]
                 if len(ids):
-                    self._load(segment.slots[name], books[name], ids, arrays.vectors[rows], arrays.updated[rows])
-            books[name].complete = self._books[name].complete
-        for name in books:
-            if name not in old.slots:
-                books[name].complete = True  # a new slot starts empty, as it is in LMDB
-        self._install(segment, books, self._epoch)
-        return segment
+                    self._load(files[name].arrays, books[name], ids, arrays.vectors[rows], arrays.updated[rows])
+            books[name].complete = book.complete  # a new slot starts empty and complete, as it is in LMDB
+        self._stall_in_growth("slot-written")
+        return self._switch(files.values(), books, self._epoch, g, growth=True)
 
     def forget(self, slot: str, ids: IntIds) -> None:
         """Rows removed by an expiry sweep read as unseen from now on (one publish, same epoch)."""
@@ -646,25 +774,6 @@ class SharedTierWriter:
 
     def close(self) -> None:
         self._segment = None
-
-
-def _copy_whole(old: _SlotArrays, active: int, new: _SlotArrays, book: _SlotBook) -> None:
-    """A slot that keeps its size in a new segment: its active index copy (into both new copies), arena and times
-    copied as they are. Memory copies, where re-inserting every row of a 10M-row slot stalled publishing for about a
-    minute beside two busy workers (measured in the soak). Rows the active copy does not reference are free: only the
-    old segment's readers could still read them, and they read the old mapping."""
-    rows = old.rows[active]
-    new.keys[0][:] = old.keys[active]  # one keys array serves both copies (invariant 4)
-    new.rows[0][:] = rows
-    new.rows[1][:] = rows
-    new.vectors[:] = old.vectors
-    new.updated[:] = old.updated
-    used = np.zeros(len(new.updated), dtype=bool)
-    used[rows[rows > RESERVED_ROW]] = True
-    used[RESERVED_ROW] = True
-    book.free = [np.flatnonzero(~used)[::-1].astype(np.int64)]  # highest first, as a fresh segment's: take() pops lows
-    book.entries = int(np.count_nonzero(rows >= 0))
-    book.resident = int(np.count_nonzero(rows > RESERVED_ROW))
 
 
 def iter_chunks(items: Iterable[tuple[str, Iterator[tuple[IntIds, Array, Array]]]]) -> Iterator[Any]:

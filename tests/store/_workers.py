@@ -13,6 +13,11 @@ Commands:
 - ``reader PATH --final K --shared DIR``: the same, reading the shared tier in ``DIR`` (a serving worker's view).
 - ``tier-writer PATH --shared DIR --start S --final K``: publish the visibility stream from ``S`` to ``K`` into the
   shared tier in ``DIR`` (``LIVERANK_TIER_TEST_STALL_AT_GENERATION`` makes it stall mid-publish).
+- ``grow-writer DIR --start S --final K``: build the growth stream's state ``S - 1`` into a fresh shared tier in ``DIR``
+  (as a restarted writer builds from LMDB), then publish ``S`` to ``K``; the small slot grows several times
+  (``LIVERANK_TIER_TEST_STALL_IN_GROWTH`` makes it stall in one window of its first growth).
+- ``grow-reader DIR --final K``: read the growth stream from the shared tier in ``DIR`` in a loop until it reads
+  ``K``; print a JSON summary (violations, states seen, give-ups).
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from liverank.store import EmbeddingStore, Inbox, Lookup, SlotConfig, SlotDelta, SparseDelta
+from liverank.store.shared_tier import SharedTierReader, SharedTierWriter, SlotChange, TierEpoch
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CHILD_DEADLINE_S = 60.0  # a child the parent forgot to kill exits on its own
@@ -94,6 +100,78 @@ def vis_delta(k: int) -> SparseDelta:
     return SparseDelta(
         VIS_PRODUCER, k, "", k, {config.name: _rows(vis_ids(config.name), k, VIS_DIM) for config in VIS_SLOTS}
     )
+
+
+# --- the growth stream: a big slot that never grows beside a small one that keeps growing ---------------------------
+# State k: the big slot's hot ids hold float(k), its cold ids COLD_VALUE; the small slot's markers hold float(k) and
+# delta j's fresh ids (j <= k) float(j). Each delta adds GROW_NEW_PER_DELTA fresh small ids, so the small slot
+# outgrows its files again and again, while the big slot's rewrites fit its free rows (its file must never change).
+
+GROW_DIM = 4
+GROW_BIG, GROW_SMALL = SlotConfig("big", GROW_DIM), SlotConfig("small", GROW_DIM)
+GROW_SLOTS = {"big": GROW_BIG, "small": GROW_SMALL}
+BIG_HOT_IDS = np.arange(1, 501, dtype=np.uint64)
+BIG_COLD_IDS = np.arange(501, 5001, dtype=np.uint64)
+COLD_VALUE = 0.5
+SMALL_MARKER_IDS = np.arange(10**6, 10**6 + 200, dtype=np.uint64)
+GROW_NEW_PER_DELTA = 500
+
+
+def small_new_ids(k: int) -> np.ndarray[Any, np.dtype[np.uint64]]:
+    return np.arange(GROW_NEW_PER_DELTA, dtype=np.uint64) + np.uint64(2 * 10**6 + k * GROW_NEW_PER_DELTA)
+
+
+def _grow_rows(ids: np.ndarray[Any, Any], value: float) -> tuple[Any, Any, Any]:
+    return ids, np.full((len(ids), GROW_DIM), value, np.float32), np.full(len(ids), max(int(value), 1), np.int64)
+
+
+def grow_changes(k: int) -> list[SlotChange]:
+    none = np.empty(0, np.uint64)
+    small = np.concatenate([SMALL_MARKER_IDS, small_new_ids(k)])
+    return [
+        SlotChange(GROW_BIG, *_grow_rows(BIG_HOT_IDS, float(k)), none),
+        SlotChange(GROW_SMALL, *_grow_rows(small, float(k)), none),
+    ]
+
+
+def grow_epoch(k: int) -> TierEpoch:
+    return TierEpoch(k, {"grow": k}, {}, {})
+
+
+def build_grow_state(writer: SharedTierWriter, k: int) -> None:
+    """Build state ``k`` fresh (what a restarted writer reads from LMDB)."""
+    chunks = [("big", *_grow_rows(BIG_HOT_IDS, float(k))), ("big", *_grow_rows(BIG_COLD_IDS, COLD_VALUE))]
+    if k:
+        chunks.append(("small", *_grow_rows(SMALL_MARKER_IDS, float(k))))
+        chunks += [("small", *_grow_rows(small_new_ids(j), float(j))) for j in range(1, k + 1)]
+    counts = {"big": len(BIG_HOT_IDS) + len(BIG_COLD_IDS), "small": (len(SMALL_MARKER_IDS) if k else 0)}
+    counts["small"] += k * GROW_NEW_PER_DELTA
+    writer.build(GROW_SLOTS, counts, chunks, grow_epoch(k))
+
+
+def check_grow_read(reader: SharedTierReader) -> tuple[int, str | None] | None:
+    """One read of the growth stream: (its state k, what is wrong with it or None), or None if the read gave up."""
+    requests = {"big": np.concatenate([BIG_HOT_IDS, BIG_COLD_IDS]), "small": SMALL_MARKER_IDS}
+    got = reader.read(requests)
+    if got is None:
+        return None
+    k = got.epoch.generation
+    big, small = got.reads["big"], got.reads["small"]
+    hot = len(BIG_HOT_IDS)
+    if got.epoch.applied_seq != {"grow": k}:
+        return k, f"state {k}: applied {got.epoch.applied_seq}"
+    if not (big.rows > 0).all() or not (big.vectors[:hot] == float(k)).all():
+        return k, f"state {k}: big hot rows {np.unique(big.vectors[:hot])[:6].tolist()}"
+    if not (big.vectors[hot:] == COLD_VALUE).all():
+        return k, f"state {k}: big cold rows {np.unique(big.vectors[hot:])[:6].tolist()}"
+    if k == 0:
+        return k, None if (small.rows < 0).all() else f"state 0 has small rows {int((small.rows >= 0).sum())}"
+    if not (small.rows > 0).all() or not (small.vectors == float(k)).all():
+        return k, f"state {k}: small markers {np.unique(small.vectors)[:6].tolist()}"
+    fresh = reader.read({"small": small_new_ids(k)})
+    if fresh is not None and fresh.epoch.generation == k and not (fresh.reads["small"].vectors == float(k)).all():
+        return k, f"state {k}: its fresh small ids {np.unique(fresh.reads['small'].vectors)[:6].tolist()}"
+    return k, None
 
 
 @dataclass
@@ -317,6 +395,41 @@ def _tier_writer(path: str, shared: str, start: int, final: int, pause_s: float)
     return 0
 
 
+def _grow_writer(shared: str, start: int, final: int, pause_s: float) -> int:
+    writer = SharedTierWriter(shared, budget_rows=10**9)
+    build_grow_state(writer, start - 1)
+    _emit("ready")
+    for k in range(start, final + 1):
+        writer.publish(grow_changes(k), k, {"grow": k})
+        _emit("applied", k)
+        time.sleep(pause_s)
+    writer.close()
+    return 0
+
+
+def _grow_reader(shared: str, final: int, timeout_s: float) -> int:
+    reader = SharedTierReader(shared)
+    reads, last_k, ks, violations = 0, -1, set(), []
+    deadline = time.monotonic() + timeout_s
+    while last_k < final and time.monotonic() < deadline:
+        got = check_grow_read(reader)
+        if got is None:
+            continue
+        k, problem = got
+        reads += 1
+        if problem is None and k < last_k:
+            problem = f"went back from {last_k} to {k}"
+        if problem is not None and len(violations) < 5:
+            violations.append(problem)
+        if last_k < 0:
+            _emit("ready")
+        ks.add(k)
+        last_k = max(last_k, k)
+    summary = {"reads": reads, "ks": sorted(ks), "last_k": last_k, "violations": violations}
+    _emit("summary", json.dumps({**summary, "gave_up": reader.gave_up, "retries": reader.retries}))
+    return 0
+
+
 def _hold_write(path: str) -> int:
     store = EmbeddingStore.open(path, map_size_bytes=VIS_MAP_SIZE_BYTES)
     txn = store.lmdb.env.begin(write=True)
@@ -382,6 +495,15 @@ def main(argv: list[str] | None = None) -> int:
     tier_writer.add_argument("--start", type=int, required=True)
     tier_writer.add_argument("--final", type=int, required=True)
     tier_writer.add_argument("--pause", type=float, default=0.01)
+    grow_writer = commands.add_parser("grow-writer")
+    grow_writer.add_argument("shared")
+    grow_writer.add_argument("--start", type=int, required=True)
+    grow_writer.add_argument("--final", type=int, required=True)
+    grow_writer.add_argument("--pause", type=float, default=0.01)
+    grow_reader = commands.add_parser("grow-reader")
+    grow_reader.add_argument("shared")
+    grow_reader.add_argument("--final", type=int, required=True)
+    grow_reader.add_argument("--timeout", type=float, default=60.0)
     hold = commands.add_parser("hold-write")
     hold.add_argument("path")
     args = parser.parse_args(argv)
@@ -393,6 +515,10 @@ def main(argv: list[str] | None = None) -> int:
         return _reader(args.path, args.final, args.budget, args.timeout, args.shared)
     if args.command == "tier-writer":
         return _tier_writer(args.path, args.shared, args.start, args.final, args.pause)
+    if args.command == "grow-writer":
+        return _grow_writer(args.shared, args.start, args.final, args.pause)
+    if args.command == "grow-reader":
+        return _grow_reader(args.shared, args.final, args.timeout)
     return _hold_write(args.path)
 
 

@@ -3,7 +3,10 @@
 Reader processes map the tier read-only while the writer publishes the visibility stream (delta k sets a group of
 2,000 rows in two slots to ``float(k)``): no reader ever sees a mixed group or goes back; a writer SIGKILLed
 mid-publish leaves readers on the previous whole state until a restarted writer takes over; a tier that grows
-(new segments) under reader threads never shows half a delta; freed rows are reused (no growth from updates).
+(new heads) under reader threads never shows half a delta; freed rows are reused (no growth from updates). Growth
+of one slot replaces only that slot's file: a big slot's file stays the same file while a small slot grows under
+reader processes, a writer SIGKILLed in any window of a growth leaves readers on a whole state, and files no head
+names are unlinked.
 """
 
 from __future__ import annotations
@@ -21,12 +24,29 @@ import pytest
 
 from liverank.store import EmbeddingStore, SlotConfig
 from liverank.store.ram_tier import DELETED_MS
-from liverank.store.shared_tier import STALL_ENV, SharedTierReader, SharedTierWriter, SlotChange, TierEpoch
+from liverank.store.shared_tier import (
+    GROWTH_STALL_ENV,
+    GROWTH_WINDOWS,
+    RETIRED,
+    STALL_ENV,
+    SharedTierReader,
+    SharedTierWriter,
+    SlotChange,
+    TierEpoch,
+    read_control,
+    tier_files,
+)
 from tests.store._workers import (
+    GROW_SMALL,
+    SMALL_MARKER_IDS,
     VIS_MAP_SIZE_BYTES,
     VIS_SLOTS,
     ChildLines,
     Observations,
+    build_grow_state,
+    check_grow_read,
+    grow_changes,
+    small_new_ids,
     start_child,
     vis_delta,
     vis_requests,
@@ -238,6 +258,8 @@ def test_only_the_slot_that_overflows_grows(tmp_path: Path) -> None:
     chunks = [("big", *rows(big_ids, 1.0))]
     writer.build({"big": big, "small": small}, {"big": len(big_ids)}, chunks, TierEpoch(0, {}, {}, {}))
     first = writer._segment_id
+    big_file = writer.slot_files()["big"]
+    big_inode = big_file.stat().st_ino
     big_capacity = writer._segment.slots["big"].capacity  # type: ignore[union-attr]
     big_arena = len(writer._segment.slots["big"].updated)  # type: ignore[union-attr]
     small_capacity = writer._segment.slots["small"].capacity  # type: ignore[union-attr]
@@ -249,6 +271,8 @@ def test_only_the_slot_that_overflows_grows(tmp_path: Path) -> None:
         assert seq < 100, "the small slot never grew"
     grown = writer._segment
     assert grown is not None
+    assert writer.slot_files()["big"] == big_file
+    assert writer.slot_files()["big"].stat().st_ino == big_inode
     assert grown.slots["small"].capacity > small_capacity
     assert (grown.slots["big"].capacity, len(grown.slots["big"].updated)) == (big_capacity, big_arena)
     got = SharedTierReader(tmp_path).read({"big": big_ids, "small": new})
@@ -264,3 +288,120 @@ def test_only_the_slot_that_overflows_grows(tmp_path: Path) -> None:
     assert (got.reads["big"].vectors[: len(moved)] == 7.0).all()
     assert (got.reads["big"].vectors[len(moved) :] == 1.0).all()
     assert (got.reads["big"].rows >= 0).all()
+
+
+# --- growth of one slot: separate files -------------------------------------------------------------------------
+
+
+def start_grow_readers(shared: Path, final: int, n: int) -> list[ChildLines]:
+    return [
+        ChildLines(start_child("grow-reader", str(shared), "--final", str(final), "--timeout", "90")) for _ in range(n)
+    ]
+
+
+def check_grow_summary(summary: dict[str, Any], who: str, final: int) -> None:
+    assert not summary["violations"], f"{who}: {summary['violations']}"
+    assert summary["last_k"] == final, f"{who} never saw the final state: {summary}"
+    # A give-up (64 reads in a row overlapping publishes) falls back to LMDB: rare, never the rule.
+    assert summary["gave_up"] <= max(1, summary["reads"] // 100), summary
+
+
+def named_files(shared: Path) -> set[str]:
+    """The files the live head names, with control and the head itself."""
+    reader = SharedTierReader(shared)
+    return {"control", f"head-{read_control(shared)}", *(p.name for p in reader.slot_files().values())}
+
+
+def test_a_small_slot_grows_under_reader_processes_and_the_big_slot_keeps_its_file(tmp_path: Path) -> None:
+    final = 40
+    writer = SharedTierWriter(tmp_path, budget_rows=10**9)
+    build_grow_state(writer, 0)
+    big_file = writer.slot_files()["big"]
+    big_inode = big_file.stat().st_ino
+    small_files = {writer.slot_files()["small"]}
+    readers = start_grow_readers(tmp_path, final, N_READERS)
+    try:
+        for lines in readers:
+            lines.wait_for("ready", timeout_s=60)
+        for k in range(1, final + 1):
+            writer.publish(grow_changes(k), k, {"grow": k})
+            small_files.add(writer.slot_files()["small"])
+            time.sleep(0.01)
+    finally:
+        summaries = [finish_reader(lines) for lines in readers]
+    for i, summary in enumerate(summaries):
+        check_grow_summary(summary, f"reader process {i}", final)
+    assert len(small_files) >= 3, f"the small slot never regrew: {small_files}"
+    # The big slot's file is the same file (same name, same inode): no growth copied or rewrote it.
+    assert writer.slot_files()["big"] == big_file
+    assert big_file.stat().st_ino == big_inode
+    assert {p.name for p in tier_files(tmp_path)} == named_files(tmp_path)
+
+
+@pytest.mark.parametrize("window", GROWTH_WINDOWS)
+def test_writer_killed_in_a_growth_window_leaves_readers_on_a_whole_state(tmp_path: Path, window: str) -> None:
+    final = 30
+    os.environ[GROWTH_STALL_ENV] = window  # only for the first writer: the child copies the environment now
+    try:
+        writer = start_child("grow-writer", str(tmp_path), "--start", "1", "--final", str(final))
+    finally:
+        del os.environ[GROWTH_STALL_ENV]
+    lines = ChildLines(writer)
+    lines.wait_for("ready", timeout_s=60)
+    deadline = time.monotonic() + 60
+    while not (tmp_path / f"stalled-{window}").exists():
+        assert time.monotonic() < deadline, "the writer never reached the growth window"
+        lines.drain_for(0.05)
+    lines.drain_for(0.05)
+    applied = [int(line.split()[1]) for line in lines.lines if line.startswith("applied ")]
+    stalled_at = max(applied, default=0)  # the growth belongs to the publish after the last one reported
+    readers = start_grow_readers(tmp_path, final, 2)
+    try:
+        for reader in readers:
+            reader.wait_for("ready", timeout_s=60)
+        writer.send_signal(signal.SIGKILL)
+        writer.wait(timeout=30)
+        for pipe in (writer.stdin, writer.stdout, writer.stderr):
+            if pipe is not None:
+                pipe.close()
+        # Whatever head control names now (the old one, or the new one of the killed growth), it is whole.
+        viewer = SharedTierReader(tmp_path)
+        for _ in range(20):
+            got = check_grow_read(viewer)
+            assert got is not None
+            assert got == (stalled_at, None), got
+        restarted = start_child("grow-writer", str(tmp_path), "--start", str(stalled_at + 1), "--final", str(final))
+        finish(ChildLines(restarted))
+        assert check_grow_read(viewer) == (final, None)
+    finally:
+        summaries = [finish_reader(reader) for reader in readers]
+    for i, summary in enumerate(summaries):
+        check_grow_summary(summary, f"reader process {i}", final)
+        assert stalled_at in summary["ks"], summary
+    # The restarted writer unlinked the killed growth's leftovers (half-built files, heads it never named).
+    assert {p.name for p in tier_files(tmp_path)} == named_files(tmp_path)
+
+
+def test_files_no_head_names_are_unlinked_across_many_growths(tmp_path: Path) -> None:
+    writer = SharedTierWriter(tmp_path, budget_rows=10**9)
+    build_grow_state(writer, 0)
+    reader = SharedTierReader(tmp_path)  # keeps maps of files the writer unlinks: they stay readable
+    heads = set()
+    mapped = []
+    for k in range(1, 61):
+        writer.publish(grow_changes(k), k, {"grow": k})
+        heads.add(read_control(tmp_path))
+        assert check_grow_read(reader) == (k, None)
+        mapped.append(reader._segment)
+    assert len(heads) >= 4, f"too few growths to tell: {heads}"
+    # Every head the reader moved away from was retired by the writer (it shares slot files the writer goes on
+    # writing); the live one was not.
+    live = reader._segment
+    assert live is not None
+    assert live.g != RETIRED
+    assert all(head is not None and head.g == RETIRED for head in mapped if head is not live)
+    assert sorted(p.name for p in tier_files(tmp_path)) == sorted(named_files(tmp_path))
+    assert len(list(tmp_path.iterdir())) == 4  # control, one head, two slot files
+    got = reader.read({GROW_SMALL.name: np.concatenate([SMALL_MARKER_IDS, small_new_ids(1), small_new_ids(60)])})
+    assert got is not None
+    assert (got.reads[GROW_SMALL.name].rows > 0).all()
