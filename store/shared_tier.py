@@ -36,17 +36,19 @@ Invariants (tests/store/test_shared_tier.py checks them across processes):
    stop without looking at the key.
 5. Growth (a slot's arena or index full, or a new slot) touches only that slot. Order of a growing publish:
    a. the replay of invariant 4 first: every slot's two index copies are now equal;
-   b. the growing slot gets a new, bigger file (``slot-<id>.building``, renamed when filled with the active rows);
-      no head names it yet;
+   b. the growing slot gets a new, bigger file (``slot-<id>``, created as ``.building`` and renamed once its index
+      copies are empty, then filled with the active rows into both copies); no head names it yet;
    c. a new head (``head-<id>.building``, renamed when complete) names the new file for the growing slot and the
       *existing* files of every other slot, starts with the same ``G`` (same active copy) and both epoch records
       set to the current state: it describes exactly the state the old head describes;
    d. ``control`` is renamed to name the new head;
    e. the old head is **retired**: ``RETIRED`` is stored into its ``G``, before the writer's first later store to
-      any slot file (the delta's rows and index writes in the kept files come after). A reader that loaded the old
-      ``G = g``, then data, then ``G`` again sees ``RETIRED != g`` if any of its data loads could have seen a later
-      store, and retries; a reader that loads ``RETIRED`` re-reads ``control`` at once. A retired head is never
-      written again, so it stays retired.
+      any slot file (the delta's rows and index writes in the kept files come after). Why: the kept files are
+      shared, and the next flips happen in the new head only; without it, a reader on the old head (``G = g``
+      forever) would trust copy ``g & 1`` and its rows after the writer started rewriting and reusing them. A reader
+      that loaded the old ``G = g``, then data, then ``G`` again sees ``RETIRED != g`` if any of its data loads could
+      have seen a later store, and retries; a reader that loads ``RETIRED`` re-reads ``control`` at once. A retired
+      head is never written again, so it stays retired.
    f. heads and slot files that the live head does not name are unlinked (a reader's map of them stays valid: the
       old grown slot file is never written again, so readers still on it read a whole state until they move).
    A big slot's file is never copied or touched by another slot's growth.
