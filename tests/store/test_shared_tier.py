@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -94,6 +95,15 @@ def finish(lines: ChildLines) -> None:
                 pipe.close()
 
 
+def sigkill(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL a child, reap it and close its pipes."""
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    for pipe in (proc.stdin, proc.stdout, proc.stderr):
+        if pipe is not None:
+            pipe.close()
+
+
 def finish_reader(lines: ChildLines) -> dict[str, Any]:
     finish(lines)
     summary: dict[str, Any] = json.loads(
@@ -142,11 +152,7 @@ def test_writer_killed_mid_publish_leaves_readers_on_the_previous_whole_state(tm
             lines.drain_for(0.05)
         for reader in readers:  # the stalled state is what they read first
             reader.wait_for("ready", timeout_s=60)
-        writer.send_signal(signal.SIGKILL)
-        writer.wait(timeout=30)
-        for pipe in (writer.stdin, writer.stdout, writer.stderr):
-            if pipe is not None:
-                pipe.close()
+        sigkill(writer)
         # LMDB holds delta 10, the tier's flip never happened: readers answer state 9, whole, from the tier.
         with EmbeddingStore.open(path, map_size_bytes=VIS_MAP_SIZE_BYTES, tier="map", shared_tier_dir=shared) as viewer:
             for _ in range(20):
@@ -359,11 +365,7 @@ def test_writer_killed_in_a_growth_window_leaves_readers_on_a_whole_state(tmp_pa
     try:
         for reader in readers:
             reader.wait_for("ready", timeout_s=60)
-        writer.send_signal(signal.SIGKILL)
-        writer.wait(timeout=30)
-        for pipe in (writer.stdin, writer.stdout, writer.stderr):
-            if pipe is not None:
-                pipe.close()
+        sigkill(writer)
         # Whatever head control names now (the old one, or the new one of the killed growth), it is whole.
         viewer = SharedTierReader(tmp_path)
         for _ in range(20):
