@@ -106,7 +106,8 @@ RETIRED = 2**64 - 1  # stored into a superseded head's G (invariant 5e)
 _ALIGN = 64
 _G_OFFSET = 8
 _LAYOUT_OFFSET = 16
-_TIER_FILE = re.compile(r"(head|slot)-(\d+)(\.building)?")
+# ``seg-<id>``: the single segment file of the previous layout; unlinked like every file the live head does not name.
+_TIER_FILE = re.compile(r"(head|slot|seg)-(\d+)(\.building)?")
 # Test-only seam: the writer pauses forever right before the flip of this generation (after writing the inactive
 # copy), having created ``stalled-<generation>`` in the tier directory, so a test can SIGKILL it mid-publish.
 STALL_ENV = "LIVERANK_TIER_TEST_STALL_AT_GENERATION"
@@ -744,6 +745,7 @@ class SharedTierWriter:
         for change in changes:
             if change.config.id_kind != "str":
                 configs[change.config.name] = change.config
+        started = time.perf_counter()
         files = {f.arrays.config.name: f for f in old.files.values()}
         books = dict(self._books)
         for name, config in configs.items():
@@ -763,7 +765,14 @@ class SharedTierWriter:
                     self._load(files[name].arrays, books[name], ids, arrays.vectors[rows], arrays.updated[rows])
             books[name].complete = book.complete  # a new slot starts empty and complete, as it is in LMDB
         self._stall_in_growth("slot-written")
-        return self._switch(files.values(), books, self._epoch, g, growth=True)
+        segment = self._switch(files.values(), books, self._epoch, g, growth=True)
+        grown = sorted(name for name, f in files.items() if old.files.get(f.name) is not f)
+        log.info(
+            "shared tier slots %s grew in %.3f s; the other slots kept their files",
+            grown,
+            time.perf_counter() - started,
+        )
+        return segment
 
     def forget(self, slot: str, ids: IntIds) -> None:
         """Rows removed by an expiry sweep read as unseen from now on (one publish, same epoch)."""
