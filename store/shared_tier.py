@@ -284,7 +284,10 @@ class _Segment:
         return int(self.counter[0])
 
     def epoch(self, copy: int, g: int) -> TierEpoch | None:
-        """The epoch record of ``copy`` (parsed once per publish). Valid only if ``G`` is still ``g`` afterwards."""
+        """The epoch record of ``copy`` (parsed once per publish). Valid only if ``G`` is still ``g`` afterwards.
+        None for a retired head: a seqlock loop that only checks ``G`` then never accepts a read from one."""
+        if g == RETIRED:
+            return None
         cached = self._epochs.get(g)
         if cached is not None:
             return cached

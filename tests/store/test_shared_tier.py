@@ -407,3 +407,23 @@ def test_files_no_head_names_are_unlinked_across_many_growths(tmp_path: Path) ->
     got = reader.read({GROW_SMALL.name: np.concatenate([SMALL_MARKER_IDS, small_new_ids(1), small_new_ids(60)])})
     assert got is not None
     assert (got.reads[GROW_SMALL.name].rows > 0).all()
+
+
+def test_a_retired_head_never_yields_a_read(tmp_path: Path) -> None:
+    """A retired head offers no epoch, so any seqlock loop over it (which needs an epoch) retries instead of trusting
+    slot files the writer goes on writing; the reader then reads the live head."""
+    writer = SharedTierWriter(tmp_path, budget_rows=10**9)
+    build_grow_state(writer, 0)
+    reader = SharedTierReader(tmp_path)
+    assert check_grow_read(reader) == (0, None)
+    old = reader._segment
+    assert old is not None
+    k = 0
+    while read_control(tmp_path) == reader._segment_id:  # until the small slot grows: a new head
+        k += 1
+        writer.publish(grow_changes(k), k, {"grow": k})
+    assert old.g == RETIRED
+    assert old.epoch(old.g & 1, old.g) is None
+    assert check_grow_read(reader) == (k, None)
+    assert reader._segment is not old
+    assert reader.gave_up == 0
