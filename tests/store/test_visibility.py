@@ -58,11 +58,16 @@ def apply_stream(store: EmbeddingStore, seen: Callable[[int], None], n_deltas: i
         seen(k)
 
 
-def check(seen: Observations | dict[str, Any], who: str, final: int = N_DELTAS) -> None:
+def check(
+    seen: Observations | dict[str, Any], who: str, final: int = N_DELTAS, min_distinct: int = MIN_DISTINCT_K
+) -> None:
+    """No violation, the final state read, and at least ``min_distinct`` states read. Only a writer paced by its
+    readers guarantees many states; one that is not (a writer process publishing on its own) passes the number of
+    states it guarantees, or the check would depend on the machine's speed."""
     summary = seen.to_json() if isinstance(seen, Observations) else seen
     assert not summary["violations"], f"{who}: {summary['violations']}"
     assert summary["last_k"] == final, f"{who} never saw the final delta: {summary}"
-    assert len(summary["ks"]) >= MIN_DISTINCT_K, f"{who} read too few states while deltas landed: {summary}"
+    assert len(summary["ks"]) >= min_distinct, f"{who} read too few states while deltas landed: {summary}"
     assert summary["reads"] >= len(summary["ks"])
 
 
