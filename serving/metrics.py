@@ -180,3 +180,10 @@ def scrape_registry(registry: CollectorRegistry) -> CollectorRegistry:
     combined = CollectorRegistry()
     multiprocess.MultiProcessCollector(combined)  # type: ignore[no-untyped-call]
     return combined
+
+
+def forget_process(pid: int) -> None:
+    """A dead process's "live" gauges leave the scrape (multiprocess mode; its counters and histograms stay, so
+    totals do not go backwards). Called by the master when a worker it replaces has exited."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]

@@ -5,7 +5,8 @@ The master (``liverank serve``) prepares what is per server, then hands the port
 in-flight requests):
 
 1. the live bundle: restored or installed once here (N workers starting at once must not each install it);
-2. a fresh ``PROMETHEUS_MULTIPROC_DIR`` (metrics of every worker and of the writer, aggregated at each scrape);
+2. a fresh ``PROMETHEUS_MULTIPROC_DIR`` (``<shared tier dir>/metrics``: metrics of every worker and of the writer,
+   aggregated at each scrape; the master forgets a dead worker's live gauges when it replaces it);
 3. the writer process (``serving/writer.py``), which builds the shared RAM tier from LMDB, publishes it, then
    applies the inbox and publishes every delta; a thread here restarts it (backing off) if it dies;
 4. the workers: spawned interpreters (LMDB opened after the fork), ``LIVERANK_ROLE=worker``: they map the shared
@@ -25,7 +26,6 @@ import logging
 import os
 import shutil
 import socket
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -36,6 +36,7 @@ from uvicorn.supervisors import Multiprocess, multiprocess
 
 from liverank.serving.bundles import BundleManager
 from liverank.serving.errors import ConfigInvalid
+from liverank.serving.metrics import forget_process
 from liverank.serving.model_slot import ModelSlot
 from liverank.serving.services import connect_replication
 from liverank.serving.settings import Settings
@@ -116,6 +117,12 @@ class WorkerWithOwnListener(multiprocess.Process):
         shared = list(sockets or [])
         super().target([*shared, *(own_listener(sock, self.config.backlog) for sock in shared)])
 
+    def join(self) -> None:
+        """Reaped by the master (replaced after dying, or at shutdown): its "live" gauges leave the scrape."""
+        super().join()
+        if self.pid is not None:
+            forget_process(self.pid)
+
 
 def prepare_server(settings: Settings) -> str | None:
     """Make the bundle live once for the whole server (and check the store opens). Returns the live bundle id.
@@ -177,17 +184,22 @@ def _log_config(log_level: str) -> dict[str, Any]:
     return config
 
 
-def _fresh_metrics_dir() -> Path:
-    path = Path(tempfile.mkdtemp(prefix="liverank-metrics-"))
+def _fresh_metrics_dir(tier: Path) -> Path:
+    """``<tier dir>/metrics``, emptied: beside the shared tier (in memory, one per store), so a server that was
+    SIGKILLed leaves nothing behind once the next server on the same store starts (a fresh temporary directory per
+    start leaked one directory per kill)."""
+    path = tier / "metrics"
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)
     return path
 
 
 def run_server(settings: Settings, log_level: str) -> int:
     """Run the whole server until SIGTERM/SIGINT. The environment carries the settings to the workers."""
-    metrics_dir = _fresh_metrics_dir()
     tier = settings.tier_path
     tier.mkdir(parents=True, exist_ok=True)
+    metrics_dir = _fresh_metrics_dir(tier)
     shutil.rmtree(settings.workers_path, ignore_errors=True)
     settings.workers_path.mkdir(parents=True)
     os.environ["LIVERANK_ROLE"] = "worker"

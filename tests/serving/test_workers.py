@@ -78,6 +78,12 @@ class Hammer(threading.Thread):
         self.join(60)
 
 
+def worker_environ(pid: str) -> dict[str, str]:
+    """The environment a worker process started with (the master sets the server-wide variables before it)."""
+    pairs = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return dict(pair.decode().split("=", 1) for pair in pairs if b"=" in pair)
+
+
 def answers_from_each_worker(client: httpx.Client, path: str, n_workers: int, **kwargs: Any) -> dict[str, Any]:
     """One answer of ``path`` per worker (new connections until every worker answered)."""
     seen: dict[str, Any] = {}
@@ -178,6 +184,10 @@ def test_a_killed_worker_is_replaced_and_loses_nothing(server: ServerProcess) ->
                 if victim not in pids and len(pids) == 2:
                     break
             replaced_at = time.monotonic()
+            # The master reaped the victim: its "live" gauges (inbox depth, store rows...) left the scrape.
+            metrics_dir = Path(worker_environ(survivor)["PROMETHEUS_MULTIPROC_DIR"])
+            assert list(metrics_dir.glob(f"gauge_live*_{survivor}.db"))
+            assert not list(metrics_dir.glob(f"gauge_live*_{victim}.db"))
             for seq in range(6, 11):
                 answer = client.post("/admin/deltas?wait=visible", content=stream_delta(schema, seq), headers=ADMIN)
                 assert answer.status_code == 200, answer.text
