@@ -18,6 +18,7 @@ from liverank.serving.model_slot import LiveModel, ModelSlot
 from liverank.serving.request import Column, Limits, RankRequest, parse_rank_request
 from liverank.store import EmbeddingStore, Lookup
 from liverank.store.manifest import Manifest
+from liverank.store.read_into import FeatureRead
 
 FloatArray = np.ndarray[Any, np.dtype[np.float32]]
 
@@ -86,37 +87,117 @@ class Ranker:
         return self.rank_parsed(live, request)
 
     def rank_parsed(self, live: LiveModel, request: RankRequest) -> RankResult:
-        manifest = live.manifest
-        segments, per_slot = _plan_lookups(request)
         started = time.perf_counter()
         now_ms = time.time_ns() // 1_000_000
-        lookup = self._store.lookup_many(per_slot, now_ms=now_ms)
-        user = _assemble(manifest, "user", request.user, segments, lookup, 1)
-        candidates = _assemble(manifest, "candidate", request.candidates, segments, lookup, request.n_candidates)
+        inputs = read_inputs(self._store, live.manifest, request, now_ms)
         looked_up, cpu_before = time.perf_counter(), time.thread_time()
-        heads = live.runner.run(user, candidates)
+        heads = live.runner.run(inputs.user, inputs.candidates)
         dense_done, dense_cpu_s = time.perf_counter(), time.thread_time() - cpu_before
         score = blend(request, heads)
         top = _top_k(score, request.k)
-        age_max, age_median, age_by_slot = _ages(lookup, now_ms)
         return RankResult(
             top=top,
             scores=score[top],
             heads={name: values[top] for name, values in heads.items()},
             ids=_top_ids(request, top),
             dense_version=live.version,
-            sparse_seq=lookup.applied_seq,
-            generation=lookup.generation,
-            unseen_by_slot={slot: got.n_unseen for slot, got in lookup.slots.items()},
-            ids_by_slot={slot: len(got.unseen) for slot, got in lookup.slots.items()},
-            embedding_age_max_s=age_max,
-            embedding_age_median_s=age_median,
-            embedding_age_max_s_by_slot=age_by_slot,
+            sparse_seq=inputs.applied_seq,
+            generation=inputs.generation,
+            unseen_by_slot=inputs.unseen_by_slot,
+            ids_by_slot=inputs.ids_by_slot,
+            embedding_age_max_s=inputs.age_max_s,
+            embedding_age_median_s=inputs.age_median_s,
+            embedding_age_max_s_by_slot=inputs.age_max_s_by_slot,
             lookup_s=looked_up - started,
             dense_s=dense_done - looked_up,
             dense_cpu_s=dense_cpu_s,
-            source=lookup.source,
+            source=inputs.source,
         )
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """The dense network's two inputs for one request (this thread's reused buffers) and what they were read from:
+    the state (generation, sequences, source), per slot the ids asked and unseen, and the ages of the rows used."""
+
+    user: FloatArray
+    candidates: FloatArray
+    generation: int
+    applied_seq: dict[str, int]
+    source: str
+    unseen_by_slot: dict[str, int]
+    ids_by_slot: dict[str, int]
+    age_max_s: float | None
+    age_median_s: float | None
+    age_max_s_by_slot: dict[str, float]
+
+
+def read_inputs(store: EmbeddingStore, manifest: Manifest, request: RankRequest, now_ms: int) -> Inputs:
+    """The request's inputs: in one compiled pass from the shared tier when it can answer alone
+    (``read_inputs_direct``), else through ``lookup_many`` and the assembly (``read_inputs_general``). Both give the
+    same inputs and answer."""
+    direct = read_inputs_direct(store, manifest, request, now_ms)
+    return direct if direct is not None else read_inputs_general(store, manifest, request, now_ms)
+
+
+def read_inputs_direct(store: EmbeddingStore, manifest: Manifest, request: RankRequest, now_ms: int) -> Inputs | None:
+    """Every feature's rows written by the store straight into the input buffers (``EmbeddingStore.lookup_into``);
+    None when the store declines (no shared tier, string ids, rows outside the tier...)."""
+    user = _input_buffer("user", 1, manifest.user_width)
+    candidates = _input_buffer("candidate", request.n_candidates, manifest.candidate_width)
+    features: list[FeatureRead] = []
+    for side, columns, out in (("user", request.user, user), ("candidate", request.candidates, candidates)):
+        for feature, start, _ in manifest.feature_offsets(side):  # type: ignore[arg-type]
+            column = columns[feature.name]
+            if feature.kind == "numeric":
+                assert column.numbers is not None
+                out[:, start] = column.numbers
+                continue
+            if not isinstance(column.ids, np.ndarray):
+                return None  # string ids: the general path
+            assert feature.slot is not None
+            lengths = column.lengths if feature.kind == "id_list" else None
+            features.append(FeatureRead(feature.slot, column.ids, out, start, lengths, feature.pooling == "mean"))
+    got = store.lookup_into(features, now_ms=now_ms)
+    if got is None:
+        return None
+    by_slot = {slot: (now_ms - oldest) / 1000.0 for slot, oldest in got.oldest_ms_by_slot.items()}
+    age_max = max(by_slot.values()) if by_slot else None
+    # As ``_ages``: now minus the median update time (the median of the same rows, in another order).
+    age_median = (now_ms - float(np.median(got.seen_ms))) / 1000.0 if by_slot else None
+    return Inputs(
+        user,
+        candidates,
+        got.generation,
+        got.applied_seq,
+        got.source,
+        got.unseen_by_slot,
+        got.ids_by_slot,
+        age_max,
+        age_median,
+        by_slot,
+    )
+
+
+def read_inputs_general(store: EmbeddingStore, manifest: Manifest, request: RankRequest, now_ms: int) -> Inputs:
+    """The inputs through ``lookup_many`` (any tier, LMDB, string ids) and the assembly from its rows."""
+    segments, per_slot = _plan_lookups(request)
+    lookup = store.lookup_many(per_slot, now_ms=now_ms)
+    user = _assemble(manifest, "user", request.user, segments, lookup, 1)
+    candidates = _assemble(manifest, "candidate", request.candidates, segments, lookup, request.n_candidates)
+    age_max, age_median, age_by_slot = _ages(lookup, now_ms)
+    return Inputs(
+        user,
+        candidates,
+        lookup.generation,
+        lookup.applied_seq,
+        lookup.source,
+        {slot: got.n_unseen for slot, got in lookup.slots.items()},
+        {slot: len(got.unseen) for slot, got in lookup.slots.items()},
+        age_max,
+        age_median,
+        age_by_slot,
+    )
 
 
 def _plan_lookups(request: RankRequest) -> tuple[dict[str, _Segment], dict[str, Any]]:

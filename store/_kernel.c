@@ -353,6 +353,204 @@ done:
     return result;
 }
 
+/* --- one request's features straight from the shared tier into the dense network's input (issue 11) -----------
+ * gather_into probes one feature's ids in a slot's index copy and writes each row (id feature) or the pooled rows
+ * of each list (id-list feature) into its columns of the float32 input matrix, with the semantics of the path it
+ * replaces (gather, then the store's _finish, then the ranker's assembly): a row is unseen when its id is missing,
+ * deleted (time INT64_MIN) or older than the slot's TTL (time < cutoff), and then reads as the slot's default;
+ * float16 rows are widened exactly; lists pool as pool_into does (bit-identical). The event times of seen rows are
+ * appended to one int64 buffer, so the answer's ages need no masking or concatenation afterwards.
+ * It holds the GIL throughout: the scratch buffer for list rows is static, and the call is short. */
+
+static int get_view(PyObject *obj, Py_buffer *view, int writable, const char *kinds, Py_ssize_t itemsize, int ndim,
+                    const char *what) {
+    /* A C-contiguous buffer of `ndim` dimensions whose items are `itemsize` bytes (0: any) of one of the struct
+     * codes in `kinds` (native byte order); ValueError naming `what` otherwise. */
+    if (PyObject_GetBuffer(obj, view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0)) < 0) {
+        PyObject *type, *value, *tb;
+        PyErr_Fetch(&type, &value, &tb);
+        PyErr_Format(PyExc_ValueError, "gather_into: %s must be a C-contiguous%s buffer (%S)", what,
+                     writable ? " writable" : "", value ? value : Py_None);
+        Py_XDECREF(type); Py_XDECREF(value); Py_XDECREF(tb);
+        return -1;
+    }
+    const char *f = view->format ? view->format : "B";
+    if (*f == '@' || *f == '=' || *f == '<') f++;
+    if ((itemsize && view->itemsize != itemsize) || f[0] == '\0' || f[1] != '\0' || strchr(kinds, f[0]) == NULL ||
+        view->ndim != ndim) {
+        PyErr_Format(PyExc_ValueError, "gather_into: %s has the wrong dtype or shape (format %s, %d dimensions)", what,
+                     view->format ? view->format : "B", view->ndim);
+        PyBuffer_Release(view);
+        return -1;
+    }
+    return 0;
+}
+
+static inline float half_to_float(uint16_t h) {
+    /* IEEE binary16 -> binary32, exact (numpy's npy_halfbits_to_floatbits): subnormals normalised, inf/NaN kept. */
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16, exp = (h >> 10) & 0x1fu, man = h & 0x3ffu, bits;
+    if (exp == 0) {
+        if (man == 0) {
+            bits = sign;
+        } else {
+            exp = 127 - 15 + 1;
+            while (!(man & 0x400u)) { man <<= 1; exp--; }
+            bits = sign | (exp << 23) | ((man & 0x3ffu) << 13);
+        }
+    } else if (exp == 0x1f) {
+        bits = sign | 0x7f800000u | (man << 13);
+    } else {
+        bits = sign | ((exp + 127 - 15) << 23) | (man << 13);
+    }
+    float out;
+    memcpy(&out, &bits, sizeof out);
+    return out;
+}
+
+static float *scratch = NULL; /* list rows of one call, float32; grows, never shrinks (GIL held: one user) */
+static Py_ssize_t scratch_floats = 0;
+
+static PyObject *gather_into(PyObject *self, PyObject *args) {
+    PyObject *o_keys, *o_rows, *o_ids, *o_vec, *o_upd, *o_default, *o_out, *o_lengths, *o_seen;
+    long long cutoff;
+    Py_ssize_t col, seen_at;
+    int mean;
+    if (!PyArg_ParseTuple(args, "OOOOOOLOnOpOn", &o_keys, &o_rows, &o_ids, &o_vec, &o_upd, &o_default, &cutoff,
+                          &o_out, &col, &o_lengths, &mean, &o_seen, &seen_at))
+        return NULL;
+    Py_buffer keys = {0}, rows = {0}, ids = {0}, vec = {0}, upd = {0}, def = {0}, out = {0}, lens = {0}, seen = {0};
+    int have_lengths = o_lengths != Py_None, vec_half = 0;
+    PyObject *result = NULL;
+    if (get_view(o_keys, &keys, 0, "LQ", 8, 1, "keys") || get_view(o_rows, &rows, 0, "lq", 8, 1, "rows") ||
+        get_view(o_ids, &ids, 0, "LQ", 8, 1, "ids") || get_view(o_upd, &upd, 0, "lq", 8, 1, "updated") ||
+        get_view(o_default, &def, 0, "f", 4, 1, "default") || get_view(o_out, &out, 1, "f", 4, 2, "out") ||
+        get_view(o_seen, &seen, 1, "lq", 8, 1, "seen"))
+        goto done;
+    if (get_view(o_vec, &vec, 0, "fe", 0, 2, "vectors (float32 or float16)")) goto done;
+    vec_half = vec.itemsize == 2;
+    if (have_lengths && get_view(o_lengths, &lens, 0, "lq", 8, 1, "lengths")) goto done;
+    Py_ssize_t cap = keys.shape[0], n_ids = ids.shape[0], dim = vec.shape[1], n_out = out.shape[0],
+               width = out.shape[1];
+    Py_ssize_t n_rows = vec.shape[0] < upd.shape[0] ? vec.shape[0] : upd.shape[0];
+    if (cap == 0 || (cap & (cap - 1)) != 0 || rows.shape[0] != cap) {
+        PyErr_SetString(PyExc_ValueError, "gather_into: keys and rows must be one power-of-two index");
+        goto done;
+    }
+    if (dim <= 0 || def.shape[0] != dim || col < 0 || col > width - dim) {
+        PyErr_Format(PyExc_ValueError,
+                     "gather_into: columns [%zd, %zd + dim %zd) do not fit out's width %zd, or default is not dim long",
+                     col, col, dim, width);
+        goto done;
+    }
+    if (seen_at < 0 || seen_at > seen.shape[0] - n_ids) {
+        PyErr_SetString(PyExc_ValueError, "gather_into: seen has no room for one time per id from seen_at on");
+        goto done;
+    }
+    const int64_t *len = have_lengths ? lens.buf : NULL;
+    if (have_lengths) {
+        Py_ssize_t total = 0;
+        if (lens.shape[0] != n_out) {
+            PyErr_SetString(PyExc_ValueError, "gather_into: one length per output row is needed");
+            goto done;
+        }
+        for (Py_ssize_t i = 0; i < n_out; i++) {
+            if (len[i] < 0 || len[i] > n_ids) {
+                PyErr_SetString(PyExc_ValueError, "gather_into: a length is negative or past the ids");
+                goto done;
+            }
+            total += len[i];
+        }
+        if (total != n_ids) {
+            PyErr_SetString(PyExc_ValueError, "gather_into: the lengths do not add up to the ids given");
+            goto done;
+        }
+        if (n_ids * dim > scratch_floats) {
+            Py_ssize_t want = n_ids * dim > 2 * scratch_floats ? n_ids * dim : 2 * scratch_floats;
+            float *grown = PyMem_RawRealloc(scratch, (size_t)want * sizeof(float));
+            if (grown == NULL) {
+                PyErr_NoMemory();
+                goto done;
+            }
+            scratch = grown;
+            scratch_floats = want;
+        }
+    } else if (n_ids != n_out) {
+        PyErr_SetString(PyExc_ValueError, "gather_into: an id feature needs one id per output row");
+        goto done;
+    }
+
+    const uint64_t *tk = keys.buf, *q = ids.buf;
+    const int64_t *tr = rows.buf, *times = upd.buf;
+    const char *vbase = vec.buf;
+    const float *dflt = def.buf;
+    float *dst = out.buf;
+    int64_t *seen_out = (int64_t *)seen.buf + seen_at;
+    Py_ssize_t row_bytes = dim * (vec_half ? 2 : 4), n_seen = 0, n_unseen = 0, n_missing = 0;
+    int64_t oldest = INT64_MAX;
+    uint64_t mask = (uint64_t)cap - 1;
+    uint64_t start[BLOCK];
+    int64_t found[BLOCK];
+    for (Py_ssize_t base = 0; base < n_ids; base += BLOCK) {
+        Py_ssize_t m = n_ids - base < BLOCK ? n_ids - base : BLOCK;
+        for (Py_ssize_t j = 0; j < m; j++) {
+            start[j] = mix64(q[base + j]) & mask;
+            __builtin_prefetch(&tr[start[j]]);
+            __builtin_prefetch(&tk[start[j]]);
+        }
+        for (Py_ssize_t j = 0; j < m; j++) {
+            int64_t r = find_row(tk, tr, mask, q[base + j], start[j]);
+            if (r >= n_rows) r = -1; /* an index ahead of these arrays: torn by a publish, discarded by the caller */
+            found[j] = r;
+            if (r >= 0) {
+                __builtin_prefetch(vbase + r * row_bytes);
+                __builtin_prefetch(&times[r]);
+            }
+        }
+        for (Py_ssize_t j = 0; j < m; j++) {
+            Py_ssize_t i = base + j;
+            int64_t r = found[j];
+            float *o = have_lengths ? scratch + i * dim : dst + i * width + col;
+            int64_t t = r >= 0 ? times[r] : INT64_MIN;
+            n_missing += r < 0;
+            if (t == INT64_MIN || t < cutoff) {
+                memcpy(o, dflt, (size_t)dim * sizeof(float));
+                n_unseen++;
+                continue;
+            }
+            seen_out[n_seen++] = t;
+            if (t < oldest) oldest = t;
+            if (vec_half) {
+                const uint16_t *h = (const uint16_t *)(vbase + r * row_bytes);
+                for (Py_ssize_t d = 0; d < dim; d++) o[d] = half_to_float(h[d]);
+            } else {
+                memcpy(o, vbase + r * row_bytes, (size_t)row_bytes);
+            }
+        }
+    }
+    if (have_lengths) {
+        const float *src = scratch;
+        for (Py_ssize_t i = 0; i < n_out; i++) {
+            float *o = dst + i * width + col;
+            if (len[i] == 0) {
+                memset(o, 0, (size_t)dim * sizeof(float));
+                continue;
+            }
+            for (Py_ssize_t d = 0; d < dim; d++) o[d] = src[d] + pairwise_sum(src + dim + d, len[i] - 1, dim);
+            src += len[i] * dim;
+            if (mean) {
+                float count = (float)len[i];
+                for (Py_ssize_t d = 0; d < dim; d++) o[d] /= count;
+            }
+        }
+    }
+    result = Py_BuildValue("(nLnn)", n_seen, (long long)oldest, n_unseen, n_missing);
+done:
+    PyBuffer_Release(&keys); PyBuffer_Release(&rows); PyBuffer_Release(&ids); PyBuffer_Release(&vec);
+    PyBuffer_Release(&upd); PyBuffer_Release(&def); PyBuffer_Release(&out); PyBuffer_Release(&seen);
+    if (have_lengths) PyBuffer_Release(&lens);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"probe", probe, METH_VARARGS, "probe(keys, rows, ids, out) -> misses: out[i] = row of ids[i], or -1."},
     {"gather", gather, METH_VARARGS,
@@ -362,6 +560,9 @@ static PyMethodDef methods[] = {
     {"list_lengths", list_lengths, METH_VARARGS, "list_lengths(rows, out) -> total, or -1 - i if rows[i] is no list."},
     {"int_id_lists", int_id_lists, METH_VARARGS, "int_id_lists(rows, out) -> -1, or the flat index of a bad id."},
     {"pool_into", pool_into, METH_VARARGS, "pool_into(rows, lengths, out, dim, width, col, mean) -> None."},
+    {"gather_into", gather_into, METH_VARARGS,
+     "gather_into(keys, rows, ids, vectors, updated, default, cutoff_ms, out, col, lengths, mean, seen, seen_at)"
+     " -> (n_seen, oldest_seen_ms, n_unseen, n_missing)."},
     {NULL, NULL, 0, NULL},
 };
 

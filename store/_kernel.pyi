@@ -33,3 +33,19 @@ def pool_into(
     mean: bool,
     /,
 ) -> None: ...
+def gather_into(
+    keys: np.ndarray[Any, Any],
+    rows: np.ndarray[Any, Any],
+    ids: np.ndarray[Any, Any],
+    vectors: np.ndarray[Any, Any],
+    updated: np.ndarray[Any, Any],
+    default: np.ndarray[Any, Any],
+    cutoff_ms: int,
+    out: np.ndarray[Any, Any],
+    col: int,
+    lengths: np.ndarray[Any, Any] | None,
+    mean: bool,
+    seen: np.ndarray[Any, Any],
+    seen_at: int,
+    /,
+) -> tuple[int, int, int, int]: ...

@@ -43,6 +43,7 @@ from liverank.store.format import (
 )
 from liverank.store.lmdb_store import DEFAULT_MAP_SIZE_BYTES, ApplyResult, Durability, LmdbStore, Txn
 from liverank.store.ram_tier import DELETED_MS, RamTier, TierRead
+from liverank.store.read_into import FeatureRead, IntoLookup, read_into
 from liverank.store.shared_tier import SharedTierReader, SharedTierWriter, SlotChange, TierEpoch, default_dir
 from liverank.store.slots import SlotConfig
 from liverank.store.validation import PreparedDelta, prepare_delta
@@ -471,6 +472,29 @@ class EmbeddingStore:
             applied = self._lmdb.applied_seqs(txn)
             self._floor_generation = max(self._floor_generation, generation)
             return Lookup(generation, self._finish(self._read_lmdb(txn, normalized), now), "lmdb", applied)
+
+    def lookup_into(self, features: Sequence[FeatureRead], *, now_ms: int) -> IntoLookup | None:
+        """The request's features read from the shared tier straight into their input buffers, in one compiled
+        pass (``liverank.store.read_into``), with what ``lookup_many`` would have answered; None when only
+        ``lookup_many`` can answer (no shared tier here, a string-id slot, rows outside the tier...)."""
+        if self._mapped is None:
+            return None
+        self._lmdb.check_usable()
+        configs = {}
+        for feature in features:
+            entry = self._slots.get(feature.slot)
+            if entry is None or entry[0].id_kind == "str" or feature.ids.dtype != np.uint64:
+                return None
+            configs[feature.slot] = entry[0]
+        got = read_into(self._mapped, configs, features, now_ms)
+        if got is None or got.generation < self._floor_generation:
+            return None
+        if any(got.unseen_by_slot.values()):
+            with self._stats_lock:
+                for slot, n in got.unseen_by_slot.items():
+                    if n:
+                        self._unseen[slot] = self._unseen.get(slot, 0) + n
+        return got
 
     def _lookup_shared(self, normalized: dict[str, IntIds | tuple[str, ...]], now: int) -> Lookup | None:
         """The answer from the shared tier (plus LMDB at the same generation for rows it does not hold), or None

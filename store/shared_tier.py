@@ -78,10 +78,10 @@ import mmap
 import os
 import re
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import orjson
@@ -115,6 +115,7 @@ STALL_ENV = "LIVERANK_TIER_TEST_STALL_AT_GENERATION"
 # created ``stalled-<window>`` in the tier directory, so a test can SIGKILL it there.
 GROWTH_STALL_ENV = "LIVERANK_TIER_TEST_STALL_IN_GROWTH"
 GROWTH_WINDOWS = ("slot-written", "head-written", "control-renamed")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -434,6 +435,32 @@ class SharedTierReader:
                 if attempt:
                     self.retries += attempt
                 return SharedRead(epoch, reads, attempt)
+            if attempt and attempt % 8 == 0:
+                segment = self._current() or segment
+        self.retries += MAX_TRIES
+        self.gave_up += 1
+        return None
+
+    def read_section(self, section: Callable[[Mapping[str, _SlotArrays], int], T | None]) -> tuple[TierEpoch, T] | None:
+        """``section(slots, copy)`` run inside one seqlock section (redone, into the same buffers, when a publish
+        overlapped it), with the epoch it read; None as ``read``, or when ``section`` declines (None)."""
+        segment = self._current()
+        if segment is None:
+            return None
+        for attempt in range(MAX_TRIES):
+            g = segment.g
+            if g == RETIRED:  # a newer head is live (invariant 5e): follow control now
+                segment = self._current() or segment
+                continue
+            copy = g & 1
+            epoch = segment.epoch(copy, g)
+            got = None if epoch is None else section(segment.slots, copy)
+            if segment.g == g and epoch is not None:
+                if got is None:
+                    return None
+                segment.remember(g, epoch)
+                self.retries += attempt
+                return epoch, got
             if attempt and attempt % 8 == 0:
                 segment = self._current() or segment
         self.retries += MAX_TRIES
