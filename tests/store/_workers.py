@@ -10,7 +10,8 @@ Commands:
   killed; ``--hold`` enqueues one batch, prints ``holding`` and waits to be killed with the batch still queued.
 - ``reader PATH --final K``: look the visibility group up in a loop until it reads ``K``; print a JSON summary.
 - ``hold-write PATH``: open a write transaction on the store and hold it until stdin closes.
-- ``reader PATH --final K --shared DIR``: the same, reading the shared tier in ``DIR`` (a serving worker's view).
+- ``reader PATH --final K --shared DIR [--into]``: the same, reading the shared tier in ``DIR`` (a serving worker's
+  view); ``--into``: in one pass into input buffers, as the ranker reads it.
 - ``tier-writer PATH --shared DIR --start S --final K``: publish the visibility stream from ``S`` to ``K`` into the
   shared tier in ``DIR`` (``LIVERANK_TIER_TEST_STALL_AT_GENERATION`` makes it stall mid-publish).
 - ``grow-writer DIR --start S --final K``: build the growth stream's state ``S - 1`` into a fresh shared tier in ``DIR``
@@ -40,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from liverank.store import EmbeddingStore, Inbox, Lookup, SlotConfig, SlotDelta, SparseDelta
+from liverank.store.read_into import FeatureRead, IntoLookup
 from liverank.store.shared_tier import SharedTierReader, SharedTierWriter, SlotChange, TierEpoch
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -211,6 +213,32 @@ class Observations:
         self.last_k = max(self.last_k, k)
         return k
 
+    def record_into(self, got: IntoLookup, buffers: list[np.ndarray[Any, Any]]) -> int:
+        """The same checks for a one-pass read (``lookup_into``): the buffers it wrote, its counts and seen times."""
+        self.reads += 1
+        self.sources[f"{got.source}:into"] += 1
+        vectors = np.concatenate([b.ravel() for b in buffers])
+        n_ids, n_unseen = sum(got.ids_by_slot.values()), sum(got.unseen_by_slot.values())
+        first = float(vectors[0])
+        k = int(first)
+        where = f"one-pass read {self.reads} (generation {got.generation})"
+        if not np.all(vectors == first):
+            values = np.unique(vectors)
+            self._violate(f"{where}: mixed group, {len(values)} distinct values, e.g. {values[:6].tolist()}")
+        elif k != first or k < 0:
+            self._violate(f"{where}: value {first} is no delta's value")
+        elif n_unseen != (n_ids if k == 0 else 0):
+            self._violate(f"{where}: value {k} but {n_unseen} of {n_ids} rows unseen")
+        elif k and not (len(got.seen_ms) == n_ids and np.all(got.seen_ms == k)):
+            self._violate(f"{where}: value {k} but event times {np.unique(got.seen_ms)[:6].tolist()}")
+        elif self.check_generation and got.generation != k:
+            self._violate(f"{where}: value {k} read at generation {got.generation}")
+        if k < self.last_k:
+            self._violate(f"{where}: went back from {self.last_k} to {k}")
+        self.ks.add(k)
+        self.last_k = max(self.last_k, k)
+        return k
+
     def _violate(self, message: str) -> None:
         if len(self.violations) < 5:
             self.violations.append(message)
@@ -355,19 +383,47 @@ def _inbox_writer(path: str, start: int, seed: int, hold: bool = False) -> int:
     return 4
 
 
-def _reader(path: str, final: int, budget: int | None, timeout_s: float, shared: str | None = None) -> int:
+def vis_features() -> tuple[list[FeatureRead], list[np.ndarray[Any, Any]]]:
+    """The visibility group as a ranking request reads it in one pass: both slots' ids as id features side by side
+    in one input buffer, and the item ids again as lists of 10, mean-pooled into another."""
+    ids = vis_requests()
+    rows = np.empty((VIS_IDS_PER_SLOT, 2 * VIS_DIM), dtype=np.float32)
+    pooled = np.empty((VIS_IDS_PER_SLOT // 10, VIS_DIM), dtype=np.float32)
+    lengths = np.full(VIS_IDS_PER_SLOT // 10, 10, dtype=np.int64)
+    features = [
+        FeatureRead("user", ids["user"], rows, 0, None, False),
+        FeatureRead("item", ids["item"], rows, VIS_DIM, None, False),
+        FeatureRead("item", ids["item"], pooled, 0, lengths, True),
+    ]
+    return features, [rows, pooled]
+
+
+def _reader(
+    path: str, final: int, budget: int | None, timeout_s: float, shared: str | None = None, into: bool = False
+) -> int:
+    """``into``: read as the ranker does, in one pass into input buffers (``lookup_into``), ``lookup_many`` only
+    when that declines."""
     kwargs: dict[str, Any] = {} if budget is None else {"ram_budget_rows": budget}
     if shared is not None:
         kwargs.update(tier="map", shared_tier_dir=shared)
     store = EmbeddingStore.open(path, map_size_bytes=VIS_MAP_SIZE_BYTES, **kwargs)
     requests = vis_requests()
+    features, buffers = vis_features()
     seen = Observations()
-    seen.record(store.lookup_many(requests))
+
+    def read() -> None:
+        got = store.lookup_into(features, now_ms=int(time.time() * 1000)) if into else None
+        if got is None:
+            seen.record(store.lookup_many(requests))
+        else:
+            seen.record_into(got, buffers)
+
+    read()
     _emit("ready")
     deadline = time.monotonic() + timeout_s
     reported = seen.last_k
     while seen.last_k < final and time.monotonic() < deadline:
-        seen.record(store.lookup_many(requests))
+        read()
         if seen.last_k > reported:  # the parent applies the next delta once we have seen this one
             reported = seen.last_k
             _emit("saw", reported)
@@ -489,6 +545,7 @@ def main(argv: list[str] | None = None) -> int:
     reader.add_argument("--budget", type=int, default=None)
     reader.add_argument("--timeout", type=float, default=30.0)
     reader.add_argument("--shared", default=None)
+    reader.add_argument("--into", action="store_true")
     tier_writer = commands.add_parser("tier-writer")
     tier_writer.add_argument("path")
     tier_writer.add_argument("--shared", required=True)
@@ -512,7 +569,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "inbox-writer":
         return _inbox_writer(args.path, args.start, args.seed, args.hold)
     if args.command == "reader":
-        return _reader(args.path, args.final, args.budget, args.timeout, args.shared)
+        return _reader(args.path, args.final, args.budget, args.timeout, args.shared, args.into)
     if args.command == "tier-writer":
         return _tier_writer(args.path, args.shared, args.start, args.final, args.pause)
     if args.command == "grow-writer":

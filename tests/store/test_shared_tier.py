@@ -68,12 +68,16 @@ N_DELTAS = 40
 N_READERS = 3
 
 
-def start_readers(path: Path, shared: Path, final: int, n: int, budget: int | None = None) -> list[ChildLines]:
+def start_readers(
+    path: Path, shared: Path, final: int, n: int, budget: int | None = None, into: bool = False
+) -> list[ChildLines]:
     readers = []
     for _ in range(n):
         args = ["reader", str(path), "--final", str(final), "--timeout", "60", "--shared", str(shared)]
         if budget is not None:
             args += ["--budget", str(budget)]
+        if into:
+            args.append("--into")
         readers.append(ChildLines(start_child(*args)))
     return readers
 
@@ -121,15 +125,20 @@ def finish_reader(lines: ChildLines) -> dict[str, Any]:
     return summary
 
 
-@pytest.mark.parametrize(("budget", "source"), [(None, "ram"), (600, "ram+lmdb")])
-def test_reader_processes_never_see_a_mixed_delta(tmp_path: Path, budget: int | None, source: str) -> None:
+@pytest.mark.parametrize(
+    ("budget", "source", "into"),
+    [(None, "ram", False), (600, "ram+lmdb", False), (None, "ram:into", True), (600, "ram+lmdb", True)],
+)
+def test_reader_processes_never_see_a_mixed_delta(tmp_path: Path, budget: int | None, source: str, into: bool) -> None:
+    """``into``: the readers read as the ranker does, in one pass into input buffers (``lookup_into``); with rows
+    outside the tier (a budget) that declines and ``lookup_many`` answers."""
     path, shared = tmp_path / "store", tmp_path / "tier"
     kwargs: dict[str, Any] = {} if budget is None else {"ram_budget_rows": budget}
     with EmbeddingStore.open(
         path, slots=VIS_SLOTS, map_size_bytes=VIS_MAP_SIZE_BYTES, tier="publish", shared_tier_dir=shared, **kwargs
     ) as store:
         store.apply(vis_delta(1))
-        readers = start_readers(path, shared, N_DELTAS, N_READERS, budget)
+        readers = start_readers(path, shared, N_DELTAS, N_READERS, budget, into)
         try:
             for lines in readers:
                 lines.wait_for("ready", timeout_s=60)
