@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import functools
 import io
+import os
 import pstats
 import shutil
 import statistics
@@ -37,56 +39,99 @@ from liverank.benchmarks.steplog import StepLog
 from liverank.benchmarks.w500 import RequestMaker, make_tables
 from liverank.exporter.synthetic import build_synthetic_bundle
 from liverank.serving.api.routes_rank import rank_json
-from liverank.serving.ranker import RankResult, _ages, _assemble, _plan_lookups, _top_ids, _top_k, blend
+from liverank.serving.ranker import (
+    Inputs,
+    RankResult,
+    _ages,
+    _assemble,
+    _plan_lookups,
+    _top_ids,
+    _top_k,
+    blend,
+    read_inputs_direct,
+)
 from liverank.serving.request import parse_rank_request
+from liverank.serving.server import prepare_server
 from liverank.serving.services import Services
 from liverank.serving.settings import Settings
-from liverank.store import Lookup
+from liverank.store import EmbeddingStore, Lookup
 
-STAGES = ("json_decode", "parse", "plan", "lookup", "assemble", "onnx", "blend_topk", "answer", "json_encode")
-PATHS = ("before", "after")
+STAGES = (
+    "json_decode",
+    "parse",
+    "plan",
+    "lookup",
+    "assemble",
+    "read_into",
+    "onnx",
+    "blend_topk",
+    "answer",
+    "json_encode",
+)
+PATHS = ("before", "general", "after")
 Clock = Callable[[], float]
 
 
-def _staged_after(services: Services, body: bytes, clock: Clock) -> list[float]:
-    """One request through the serving path's stages (``rank_json`` minus metrics); clock readings."""
+def _staged_served(services: Services, body: bytes, clock: Clock, *, direct: bool) -> list[float]:
+    """One request through the serving path's stages (``rank_json`` minus metrics); clock readings. ``direct``: the
+    one-pass read (``read_inputs_direct``: stage ``read_into``, ages included) where the store can answer that way,
+    else the general read (``lookup_many`` and assembly: stages ``plan``, ``lookup``, ``assemble``; ages in
+    ``answer``)."""
     t: list[float] = [clock()]
     doc = orjson.loads(body)
     t.append(clock())
     live = services.model_slot.current()
     request = parse_rank_request(doc, live.manifest, services.ranker._limits)
     t.append(clock())
-    segments, per_slot = _plan_lookups(request)
-    t.append(clock())
     now_ms = time.time_ns() // 1_000_000
-    lookup = services.store.lookup_many(per_slot, now_ms=now_ms)
-    t.append(clock())
-    user = _assemble(live.manifest, "user", request.user, segments, lookup, 1)
-    candidates = _assemble(live.manifest, "candidate", request.candidates, segments, lookup, request.n_candidates)
-    t.append(clock())
+    inputs = read_inputs_direct(services.store, live.manifest, request, now_ms) if direct else None
+    if inputs is not None:
+        t += [t[-1]] * 3 + [clock()]
+        user, candidates = inputs.user, inputs.candidates
+    else:
+        segments, per_slot = _plan_lookups(request)
+        t.append(clock())
+        lookup = services.store.lookup_many(per_slot, now_ms=now_ms)
+        t.append(clock())
+        user = _assemble(live.manifest, "user", request.user, segments, lookup, 1)
+        candidates = _assemble(live.manifest, "candidate", request.candidates, segments, lookup, request.n_candidates)
+        t += [clock()] * 2
     heads = live.runner.run(user, candidates)
     t.append(clock())
     score = blend(request, heads)
     top = _top_k(score, request.k)
     t.append(clock())
-    age_max, age_median, age_by_slot = _ages(lookup, now_ms)
+    if inputs is None:
+        age_max, age_median, age_by_slot = _ages(lookup, now_ms)
+        inputs = Inputs(
+            user,
+            candidates,
+            lookup.generation,
+            lookup.applied_seq,
+            lookup.source,
+            {slot: got.n_unseen for slot, got in lookup.slots.items()},
+            {slot: len(got.unseen) for slot, got in lookup.slots.items()},
+            age_max,
+            age_median,
+            age_by_slot,
+        )
     doc_out = RankResult(
         top=top,
         scores=score[top],
         heads={name: values[top] for name, values in heads.items()},
         ids=_top_ids(request, top),
         dense_version=live.version,
-        sparse_seq=lookup.applied_seq,
-        generation=lookup.generation,
-        unseen_by_slot={slot: got.n_unseen for slot, got in lookup.slots.items()},
-        ids_by_slot={slot: len(got.unseen) for slot, got in lookup.slots.items()},
-        embedding_age_max_s=age_max,
-        embedding_age_median_s=age_median,
-        embedding_age_max_s_by_slot=age_by_slot,
+        sparse_seq=inputs.applied_seq,
+        generation=inputs.generation,
+        unseen_by_slot=inputs.unseen_by_slot,
+        ids_by_slot=inputs.ids_by_slot,
+        embedding_age_max_s=inputs.age_max_s,
+        embedding_age_median_s=inputs.age_median_s,
+        embedding_age_max_s_by_slot=inputs.age_max_s_by_slot,
         lookup_s=0.0,
         dense_s=0.0,
         dense_cpu_s=0.0,
-        source=lookup.source,
+        source=inputs.source,
     ).to_json()
     t.append(clock())
     orjson.dumps(doc_out)
@@ -111,7 +156,7 @@ def _staged_before(services: Services, body: bytes, clock: Clock) -> list[float]
     candidates = rank_reference.assemble(
         live.manifest, "candidate", request.candidates, segments, lookup, request.n_candidates
     )
-    t.append(clock())
+    t += [clock()] * 2  # no read_into stage
     heads = live.runner.run(user, candidates)
     t.append(clock())
     score = blend(request, heads)
@@ -138,7 +183,8 @@ def _ages_before(lookup: Lookup, now_ms: int) -> None:
 
 _PATHS: dict[str, Callable[[Services, bytes, Clock], list[float]]] = {
     "before": _staged_before,
-    "after": _staged_after,
+    "general": functools.partial(_staged_served, direct=False),
+    "after": functools.partial(_staged_served, direct=True),
 }
 
 
@@ -187,6 +233,25 @@ def profile(services: Services, bodies: list[bytes], rounds: int) -> dict[str, A
     return result
 
 
+def _print_table(result: dict[str, Any]) -> None:
+    cpu = {path: result[path]["stage_thread_cpu_median_us"] for path in PATHS}
+    wall = {path: result[path]["stage_median_us"] for path in PATHS}
+    header = "".join(f"{path + ' CPU us':>15}" for path in PATHS)
+    print(f"{'stage':<12}{header}{'general wall us':>17}{'after wall us':>15}")
+    for stage in STAGES:
+        print(
+            f"{stage:<12}"
+            + "".join(f"{cpu[path][stage]:15.1f}" for path in PATHS)
+            + f"{wall['general'][stage]:17.1f}{wall['after'][stage]:15.1f}"
+        )
+    outside = ", ".join(f"{path} {result[path]['thread_cpu_outside_onnx_us']:.0f} us" for path in PATHS)
+    print(
+        f"CPU outside ONNX (sum of stage medians): {outside}; rank_json whole (serving path, with metrics): median "
+        f"{result['rank_json_median_us']:.0f} us, p99 {result['rank_json_p99_us']:.0f} us, thread CPU "
+        f"{result['rank_json_thread_cpu_median_us']:.0f} us"
+    )
+
+
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="liverank bench profile", description=__doc__)
     p.add_argument("--size", type=int, default=1_000_000, help="rows of the largest slots")
@@ -197,6 +262,13 @@ def main(argv: list[str]) -> int:
     p.add_argument("--seed", type=int, default=20_240_601)
     p.add_argument("--workdir", type=Path, default=None)
     p.add_argument("--json", type=Path, default=None)
+    p.add_argument(
+        "--tier",
+        choices=("shared", "local"),
+        default="shared",
+        help="shared: a worker of `liverank serve` over the shared tier (served configuration); local: a standalone "
+        "app's own RAM tier (the one-pass read does not apply: after = general)",
+    )
     args = p.parse_args(argv)
     log = StepLog()
     if args.workdir is not None:
@@ -217,29 +289,33 @@ def main(argv: list[str]) -> int:
                 "onnx_threads": args.onnx_threads,
             }
         )
+        tier_dir = None
+        if args.tier == "shared":
+            # As a worker of ``liverank serve``: the bundle made live once, the shared tier built by a publishing
+            # store (the writer's part), then this process opens the worker's services over the mapped tier.
+            tier_dir = Path(tempfile.mkdtemp(prefix="liverank-profile-tier-", dir="/dev/shm"))
+            prepare_server(settings)
+            log("building the shared tier")
+            EmbeddingStore.open(
+                settings.store_path, map_size_bytes=settings.map_size_bytes, tier="publish", shared_tier_dir=tier_dir
+            ).close()
+            settings = settings.model_copy(
+                # The worker's watch for its master (gone: the worker ends) watches this process's parent.
+                update={"role": "worker", "shared_tier_dir": tier_dir, "master_pid": os.getppid()}
+            )
+            settings.workers_path.mkdir(parents=True, exist_ok=True)
         services = Services.open(settings)
         try:
             log("profiling %d requests", args.rounds)
             result = profile(services, bodies, args.rounds)
         finally:
             services.close()
+            if tier_dir is not None:
+                shutil.rmtree(tier_dir, ignore_errors=True)
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    result.update(size=args.size, dim=args.dim, onnx_threads=args.onnx_threads)
-    before, after = result["before"], result["after"]
-    print(f"{'stage':<12} {'before CPU us':>14} {'after CPU us':>13} {'before wall us':>15} {'after wall us':>14}")
-    for stage in STAGES:
-        print(
-            f"{stage:<12} {before['stage_thread_cpu_median_us'][stage]:14.1f} "
-            f"{after['stage_thread_cpu_median_us'][stage]:13.1f} {before['stage_median_us'][stage]:15.1f} "
-            f"{after['stage_median_us'][stage]:14.1f}"
-        )
-    print(
-        f"CPU outside ONNX (sum of stage medians): before {before['thread_cpu_outside_onnx_us']:.0f} us, "
-        f"after {after['thread_cpu_outside_onnx_us']:.0f} us; rank_json whole (serving path, with metrics): median "
-        f"{result['rank_json_median_us']:.0f} us, p99 {result['rank_json_p99_us']:.0f} us, thread CPU "
-        f"{result['rank_json_thread_cpu_median_us']:.0f} us"
-    )
+    result.update(size=args.size, dim=args.dim, onnx_threads=args.onnx_threads, tier=args.tier)
+    _print_table(result)
     print(result["cprofile_tottime_top"])
     if args.json is not None:
         args.json.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))

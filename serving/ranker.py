@@ -163,8 +163,9 @@ def read_inputs_direct(store: EmbeddingStore, manifest: Manifest, request: RankR
         return None
     by_slot = {slot: (now_ms - oldest) / 1000.0 for slot, oldest in got.oldest_ms_by_slot.items()}
     age_max = max(by_slot.values()) if by_slot else None
-    # As ``_ages``: now minus the median update time (the median of the same rows, in another order).
-    age_median = (now_ms - float(np.median(got.seen_ms))) / 1000.0 if by_slot else None
+    # As ``_ages``: now minus the median update time (of the same rows in another order: the same median), taken
+    # in place: the array is this read's own.
+    age_median = (now_ms - float(np.median(got.seen_ms, overwrite_input=True))) / 1000.0 if by_slot else None
     return Inputs(
         user,
         candidates,

@@ -301,6 +301,31 @@ static float pairwise_sum(const float *a, Py_ssize_t n, Py_ssize_t stride) {
     return pairwise_sum(a, n2, stride) + pairwise_sum(a + n2 * stride, n - n2, stride);
 }
 
+static void pool_run(const float *src, Py_ssize_t len, Py_ssize_t dim, float *o, int mean) {
+    /* One run of `len` float32 rows (dim wide) into o: per column, the first row plus the pairwise sum of the rest
+     * (numpy's add.reduceat), divided by the count if `mean`; zeros for an empty run. Short runs (the usual id
+     * lists: under 9 rows) add row by row across all columns at once, in the very order pairwise_sum adds each
+     * column (from -0.0, one row after the other), so the result is the same to the bit, but vectorised. */
+    if (len == 0) {
+        memset(o, 0, (size_t)dim * sizeof(float));
+        return;
+    }
+    if (len - 1 < 8) {
+        for (Py_ssize_t d = 0; d < dim; d++) o[d] = -0.0f;
+        for (Py_ssize_t k = 1; k < len; k++) {
+            const float *row = src + k * dim;
+            for (Py_ssize_t d = 0; d < dim; d++) o[d] += row[d];
+        }
+        for (Py_ssize_t d = 0; d < dim; d++) o[d] = src[d] + o[d];
+    } else {
+        for (Py_ssize_t d = 0; d < dim; d++) o[d] = src[d] + pairwise_sum(src + dim + d, len - 1, dim);
+    }
+    if (mean) {
+        float count = (float)len;
+        for (Py_ssize_t d = 0; d < dim; d++) o[d] /= count;
+    }
+}
+
 static PyObject *pool_into(PyObject *self, PyObject *args) {
     /* Sum (mean: then divide by the count, in float32) of consecutive runs of float32 rows (m, dim), one run per
      * length, written into columns [col, col + dim) of the float32 matrix out (n, width). An empty run gives
@@ -334,17 +359,8 @@ static PyObject *pool_into(PyObject *self, PyObject *args) {
     float *dst = out.buf;
     Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t i = 0; i < n; i++) {
-        float *o = dst + i * width + col;
-        if (len[i] == 0) {
-            memset(o, 0, (size_t)dim * sizeof(float));
-            continue;
-        }
-        for (Py_ssize_t d = 0; d < dim; d++) o[d] = src[d] + pairwise_sum(src + dim + d, len[i] - 1, dim);
+        pool_run(src, len[i], dim, dst + i * width + col, mean);
         src += len[i] * dim;
-        if (mean) {
-            float count = (float)len[i];
-            for (Py_ssize_t d = 0; d < dim; d++) o[d] /= count;
-        }
     }
     Py_END_ALLOW_THREADS
     result = Py_NewRef(Py_None);
@@ -530,17 +546,8 @@ static PyObject *gather_into(PyObject *self, PyObject *args) {
     if (have_lengths) {
         const float *src = scratch;
         for (Py_ssize_t i = 0; i < n_out; i++) {
-            float *o = dst + i * width + col;
-            if (len[i] == 0) {
-                memset(o, 0, (size_t)dim * sizeof(float));
-                continue;
-            }
-            for (Py_ssize_t d = 0; d < dim; d++) o[d] = src[d] + pairwise_sum(src + dim + d, len[i] - 1, dim);
+            pool_run(src, len[i], dim, dst + i * width + col, mean);
             src += len[i] * dim;
-            if (mean) {
-                float count = (float)len[i];
-                for (Py_ssize_t d = 0; d < dim; d++) o[d] /= count;
-            }
         }
     }
     result = Py_BuildValue("(nLnn)", n_seen, (long long)oldest, n_unseen, n_missing);

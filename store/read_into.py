@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -32,11 +32,11 @@ Lengths = np.ndarray[Any, np.dtype[np.int64]]
 NO_CUTOFF_MS = int(np.iinfo(np.int64).min)  # no TTL: no event time is older than this
 
 
-@dataclass(frozen=True)
-class FeatureRead:
+class FeatureRead(NamedTuple):
     """One feature of a request: its ``slot``, its ``ids`` (uint64; id lists flattened) and where the rows go:
     columns ``[col, col + dim)`` of ``out`` (float32, C-contiguous, one row per output row), one id per row
-    (``lengths`` None) or pooled over ``lengths[i]`` ids for row ``i`` (the mean if ``mean``, else the sum)."""
+    (``lengths`` None) or pooled over ``lengths[i]`` ids for row ``i`` (the mean if ``mean``, else the sum).
+    A named tuple: a request builds about 25 of them."""
 
     slot: str
     ids: IntIds
@@ -50,7 +50,8 @@ class FeatureRead:
 class IntoLookup:
     """What ``read_into`` read: the state (as in ``Lookup``), and per slot, in the order the features first name
     them, the ids asked, the unseen ids, and (slots with a seen row only) the oldest seen row's event time;
-    ``seen_ms``: the event time of every seen row, of every slot."""
+    ``seen_ms``: the event time of every seen row, of every slot (a scratch array of this read: the caller may
+    reorder it, e.g. partition it for the median)."""
 
     generation: int
     applied_seq: dict[str, int]
