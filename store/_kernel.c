@@ -423,6 +423,9 @@ static inline float half_to_float(uint16_t h) {
     return out;
 }
 
+#define AHEAD 12
+#define RING 32 /* a power of two above 2 * AHEAD */
+
 static float *scratch = NULL; /* list rows of one call, float32; grows, never shrinks (GIL held: one user) */
 static Py_ssize_t scratch_floats = 0;
 
@@ -504,43 +507,47 @@ static PyObject *gather_into(PyObject *self, PyObject *args) {
     Py_ssize_t row_bytes = dim * (vec_half ? 2 : 4), n_seen = 0, n_unseen = 0, n_missing = 0;
     int64_t oldest = INT64_MAX;
     uint64_t mask = (uint64_t)cap - 1;
-    uint64_t start[BLOCK];
-    int64_t found[BLOCK];
-    for (Py_ssize_t base = 0; base < n_ids; base += BLOCK) {
-        Py_ssize_t m = n_ids - base < BLOCK ? n_ids - base : BLOCK;
-        for (Py_ssize_t j = 0; j < m; j++) {
-            start[j] = mix64(q[base + j]) & mask;
-            __builtin_prefetch(&tr[start[j]]);
-            __builtin_prefetch(&tk[start[j]]);
+    /* A software pipeline over the ids, AHEAD apart: hash id i and prefetch its index place; probe id i - AHEAD
+     * (its place has arrived meanwhile) and prefetch its row, time and output; write id i - 2 * AHEAD. Memory stays
+     * busy with about 2 * AHEAD misses in flight instead of stalling once per block. */
+    uint64_t start[RING];
+    int64_t found[RING];
+    for (Py_ssize_t i = 0; i < n_ids + 2 * AHEAD; i++) {
+        if (i < n_ids) {
+            start[i & (RING - 1)] = mix64(q[i]) & mask;
+            __builtin_prefetch(&tr[start[i & (RING - 1)]]);
+            __builtin_prefetch(&tk[start[i & (RING - 1)]]);
         }
-        for (Py_ssize_t j = 0; j < m; j++) {
-            int64_t r = find_row(tk, tr, mask, q[base + j], start[j]);
+        Py_ssize_t b = i - AHEAD;
+        if (b >= 0 && b < n_ids) {
+            int64_t r = find_row(tk, tr, mask, q[b], start[b & (RING - 1)]);
             if (r >= n_rows) r = -1; /* an index ahead of these arrays: torn by a publish, discarded by the caller */
-            found[j] = r;
+            found[b & (RING - 1)] = r;
             if (r >= 0) {
-                __builtin_prefetch(vbase + r * row_bytes);
+                const char *row = vbase + r * row_bytes;
+                for (Py_ssize_t at = 0; at < row_bytes; at += 64) __builtin_prefetch(row + at);
                 __builtin_prefetch(&times[r]);
             }
+            if (!have_lengths) __builtin_prefetch(dst + b * width + col, 1);
         }
-        for (Py_ssize_t j = 0; j < m; j++) {
-            Py_ssize_t i = base + j;
-            int64_t r = found[j];
-            float *o = have_lengths ? scratch + i * dim : dst + i * width + col;
-            int64_t t = r >= 0 ? times[r] : INT64_MIN;
-            n_missing += r < 0;
-            if (t == INT64_MIN || t < cutoff) {
-                memcpy(o, dflt, (size_t)dim * sizeof(float));
-                n_unseen++;
-                continue;
-            }
-            seen_out[n_seen++] = t;
-            if (t < oldest) oldest = t;
-            if (vec_half) {
-                const uint16_t *h = (const uint16_t *)(vbase + r * row_bytes);
-                for (Py_ssize_t d = 0; d < dim; d++) o[d] = half_to_float(h[d]);
-            } else {
-                memcpy(o, vbase + r * row_bytes, (size_t)row_bytes);
-            }
+        Py_ssize_t c = i - 2 * AHEAD;
+        if (c < 0) continue;
+        int64_t r = found[c & (RING - 1)];
+        float *o = have_lengths ? scratch + c * dim : dst + c * width + col;
+        int64_t t = r >= 0 ? times[r] : INT64_MIN;
+        n_missing += r < 0;
+        if (t == INT64_MIN || t < cutoff) {
+            memcpy(o, dflt, (size_t)dim * sizeof(float));
+            n_unseen++;
+            continue;
+        }
+        seen_out[n_seen++] = t;
+        if (t < oldest) oldest = t;
+        if (vec_half) {
+            const uint16_t *h = (const uint16_t *)(vbase + r * row_bytes);
+            for (Py_ssize_t d = 0; d < dim; d++) o[d] = half_to_float(h[d]);
+        } else {
+            memcpy(o, vbase + r * row_bytes, (size_t)row_bytes);
         }
     }
     if (have_lengths) {
