@@ -146,18 +146,18 @@ def read_inputs_direct(store: EmbeddingStore, manifest: Manifest, request: RankR
     user = _input_buffer("user", 1, manifest.user_width)
     candidates = _input_buffer("candidate", request.n_candidates, manifest.candidate_width)
     features: list[FeatureRead] = []
-    for side, columns, out in (("user", request.user, user), ("candidate", request.candidates, candidates)):
-        for feature, start, _ in manifest.feature_offsets(side):  # type: ignore[arg-type]
-            column = columns[feature.name]
-            if feature.kind == "numeric":
+    for plan, columns, out in zip(
+        _read_plan(manifest), (request.user, request.candidates), (user, candidates), strict=True
+    ):
+        for name, slot, start, listed, mean in plan:
+            column = columns[name]
+            if slot is None:
                 assert column.numbers is not None
                 out[:, start] = column.numbers
                 continue
-            if not isinstance(column.ids, np.ndarray):
+            if type(column.ids) is not np.ndarray:
                 return None  # string ids: the general path
-            assert feature.slot is not None
-            lengths = column.lengths if feature.kind == "id_list" else None
-            features.append(FeatureRead(feature.slot, column.ids, out, start, lengths, feature.pooling == "mean"))
+            features.append(FeatureRead(slot, column.ids, out, start, column.lengths if listed else None, mean))
     got = store.lookup_into(features, now_ms=now_ms)
     if got is None:
         return None
@@ -178,6 +178,29 @@ def read_inputs_direct(store: EmbeddingStore, manifest: Manifest, request: RankR
         age_median,
         by_slot,
     )
+
+
+# Per side (user, candidate), each feature as the one-pass read needs it: (name, slot or None for numeric, first
+# column, id list?, mean pooling?). Built once per manifest (kept while it is live), not per request.
+_PlanEntry = tuple[str, str | None, int, bool, bool]
+_plans: dict[int, tuple[Manifest, list[list[_PlanEntry]]]] = {}
+
+
+def _read_plan(manifest: Manifest) -> list[list[_PlanEntry]]:
+    cached = _plans.get(id(manifest))
+    if cached is not None and cached[0] is manifest:
+        return cached[1]
+    plan = [
+        [
+            (f.name, f.slot, start, f.kind == "id_list", f.pooling == "mean")
+            for f, start, _ in manifest.feature_offsets(side)
+        ]
+        for side in ("user", "candidate")
+    ]
+    if len(_plans) > 16:
+        _plans.clear()
+    _plans[id(manifest)] = (manifest, plan)
+    return plan
 
 
 def read_inputs_general(store: EmbeddingStore, manifest: Manifest, request: RankRequest, now_ms: int) -> Inputs:

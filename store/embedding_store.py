@@ -480,13 +480,7 @@ class EmbeddingStore:
         if self._mapped is None:
             return None
         self._lmdb.check_usable()
-        configs = {}
-        for feature in features:
-            entry = self._slots.get(feature.slot)
-            if entry is None or entry[0].id_kind == "str" or feature.ids.dtype != np.uint64:
-                return None
-            configs[feature.slot] = entry[0]
-        got = read_into(self._mapped, configs, features, now_ms)
+        got = read_into(self._mapped, self._slots, features, now_ms)
         if got is None or got.generation < self._floor_generation:
             return None
         if any(got.unseen_by_slot.values()):

@@ -80,19 +80,27 @@ def _default32(config: SlotConfig) -> Array:
 
 
 def read_into(
-    reader: SharedTierReader, configs: Mapping[str, SlotConfig], features: Sequence[FeatureRead], now_ms: int
+    reader: SharedTierReader,
+    slots: Mapping[str, tuple[SlotConfig, int]],
+    features: Sequence[FeatureRead],
+    now_ms: int,
 ) -> IntoLookup | None:
     """Every feature's rows from one published state into its buffer; None when the general path must answer
-    (see the module docstring; ``configs``: the store's config of each slot the features name)."""
+    (see the module docstring; ``slots``: the store's slot table, name -> (config, key code))."""
     if kernel is None:  # pragma: no cover - every install builds the kernel
         return None
-    seen = np.empty(sum(len(f.ids) for f in features), dtype=np.int64)
     prepared = []
+    n_ids = 0
     for feature in features:
-        config = configs[feature.slot]
+        entry = slots.get(feature.slot)
+        if entry is None or entry[0].id_kind == "str" or feature.ids.dtype != np.uint64:
+            return None
+        config = entry[0]
         ttl_ms = config.ttl_ms
         cutoff = NO_CUTOFF_MS if ttl_ms is None else now_ms - ttl_ms
         prepared.append((feature, config, _default32(config), cutoff))
+        n_ids += len(feature.ids)
+    seen = np.empty(n_ids, dtype=np.int64)
 
     def section(slots: Mapping[str, _SlotArrays], copy: int) -> list[tuple[int, int, int, int]] | None:
         counts = []
