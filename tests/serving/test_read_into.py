@@ -17,8 +17,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from liverank.serving.ranker import Inputs, _input_buffer, read_inputs, read_inputs_direct, read_inputs_general
+from liverank.benchmarks.w500 import RequestMaker, fill_chunks, make_tables
+from liverank.exporter.synthetic import build_synthetic_bundle
+from liverank.serving import ranker as ranker_module
+from liverank.serving.bundle import load_bundle_dir
+from liverank.serving.model_slot import LiveModel, ModelSlot
+from liverank.serving.ranker import Inputs, Ranker, _input_buffer, read_inputs, read_inputs_direct, read_inputs_general
 from liverank.serving.request import Limits, RankRequest, parse_rank_request
+from liverank.serving.runner import OnnxRunner
 from liverank.store import EmbeddingStore, SlotConfig
 from liverank.store.hash_index import _kernel as kernel
 from liverank.store.manifest import Feature, Head, Manifest, build_manifest
@@ -352,3 +358,52 @@ def test_gather_into_refuses_buffers_that_do_not_fit(misfit: str | None) -> None
     args.update(MISFITS[misfit])
     with pytest.raises(ValueError, match="gather_into"):
         kernel.gather_into(*args.values())
+
+
+def test_a_worker_ranker_answers_as_the_general_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``Ranker.rank`` in a serving worker (a store over the shared tier, a real ONNX Runtime session, W-500 with
+    unseen ids and empty lists): the one-pass answer is the general path's, field by field."""
+    manifest = build_synthetic_bundle(tmp_path / "bundle", preset="w500", dim=16, seed=3)
+    tables = make_tables(manifest, 3_000, 1.1, seed=11)
+    chunks = [
+        (slot, ids, vectors, np.full(len(ids), NOW_MS, dtype=np.int64))
+        for slot, ids, vectors in fill_chunks(tables, 16, 2_000)
+    ]
+    counts: dict[str, int] = {}
+    for slot, ids, _, _ in chunks:
+        counts[slot] = counts.get(slot, 0) + len(ids)
+    writer = SharedTierWriter(tmp_path / "tier", budget_rows=1_000_000)
+    writer.build({c.name: c for c in manifest.slots}, counts, chunks, TierEpoch(5, {"fill": 9}, {}, {}))
+    bundle = load_bundle_dir(tmp_path / "bundle")
+    model_slot = ModelSlot()
+    model_slot.replace(LiveModel("b1", bundle, OnnxRunner.build(bundle), 0))
+    maker = RequestMaker(manifest, tables, stream=5)
+    with EmbeddingStore.open(
+        tmp_path / "lmdb", slots=manifest.slots, map_size_bytes=64 << 20, tier="map", shared_tier_dir=tmp_path / "tier"
+    ) as store:
+        ranker = Ranker(store, model_slot, LIMITS)
+        for n_candidates, k in ((500, 50), (3, 3)):
+            doc = maker.make(n_candidates=n_candidates, k=k)
+            doc["candidates"]["item_id"][0] = 2**63 + 12345
+            doc["candidates"]["tags"][-1] = []
+            direct = ranker.rank(doc)
+            with monkeypatch.context() as patch:
+                patch.setattr(ranker_module, "read_inputs_direct", lambda *args: None)
+                general = ranker.rank(doc)
+            assert direct.source == general.source == "ram"
+            assert (direct.generation, direct.sparse_seq) == (general.generation, general.sparse_seq)
+            assert (direct.generation, direct.sparse_seq) == (5, {"fill": 9})
+            assert direct.unseen_by_slot == general.unseen_by_slot
+            assert direct.unseen_by_slot["item_id"] == 1
+            assert list(direct.ids_by_slot.items()) == list(general.ids_by_slot.items())
+            assert np.array_equal(direct.top, general.top)
+            assert np.array_equal(direct.scores.view(np.uint32), general.scores.view(np.uint32))
+            for head, values in general.heads.items():
+                assert np.array_equal(direct.heads[head].view(np.uint32), values.view(np.uint32))
+            assert direct.ids == general.ids
+            # Ages: both measured from their own "now" (milliseconds apart).
+            assert list(direct.embedding_age_max_s_by_slot) == list(general.embedding_age_max_s_by_slot)
+            assert direct.embedding_age_median_s is not None
+            assert general.embedding_age_median_s is not None
+            assert abs(direct.embedding_age_median_s - general.embedding_age_median_s) < 5
+    writer.close()
