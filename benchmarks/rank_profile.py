@@ -40,14 +40,13 @@ from liverank.benchmarks.w500 import RequestMaker, make_tables
 from liverank.exporter.synthetic import build_synthetic_bundle
 from liverank.serving.api.routes_rank import rank_json
 from liverank.serving.ranker import (
-    Inputs,
     RankResult,
-    _ages,
     _assemble,
     _plan_lookups,
     _top_ids,
     _top_k,
     blend,
+    inputs_from_lookup,
     read_inputs_direct,
 )
 from liverank.serving.request import parse_rank_request
@@ -102,19 +101,7 @@ def _staged_served(services: Services, body: bytes, clock: Clock, *, direct: boo
     top = _top_k(score, request.k)
     t.append(clock())
     if inputs is None:
-        age_max, age_median, age_by_slot = _ages(lookup, now_ms)
-        inputs = Inputs(
-            user,
-            candidates,
-            lookup.generation,
-            lookup.applied_seq,
-            lookup.source,
-            {slot: got.n_unseen for slot, got in lookup.slots.items()},
-            {slot: len(got.unseen) for slot, got in lookup.slots.items()},
-            age_max,
-            age_median,
-            age_by_slot,
-        )
+        inputs = inputs_from_lookup(user, candidates, lookup, now_ms)
     doc_out = RankResult(
         top=top,
         scores=score[top],

@@ -209,6 +209,11 @@ def read_inputs_general(store: EmbeddingStore, manifest: Manifest, request: Rank
     lookup = store.lookup_many(per_slot, now_ms=now_ms)
     user = _assemble(manifest, "user", request.user, segments, lookup, 1)
     candidates = _assemble(manifest, "candidate", request.candidates, segments, lookup, request.n_candidates)
+    return inputs_from_lookup(user, candidates, lookup, now_ms)
+
+
+def inputs_from_lookup(user: FloatArray, candidates: FloatArray, lookup: Lookup, now_ms: int) -> Inputs:
+    """``Inputs`` from buffers assembled from ``lookup``'s rows: its state, per-slot counts and the ages."""
     age_max, age_median, age_by_slot = _ages(lookup, now_ms)
     return Inputs(
         user,

@@ -188,40 +188,46 @@ class Observations:
     last_k: int = 0
 
     def record(self, lookup: Lookup) -> int:
-        self.reads += 1
-        self.sources[lookup.source] += 1
-        vectors = np.concatenate([s.vectors.ravel() for s in lookup.slots.values()])
-        updated = np.concatenate([s.updated_at_ms for s in lookup.slots.values()])
         unseen = np.concatenate([s.unseen for s in lookup.slots.values()])
-        first = float(vectors[0])
-        k = int(first)
-        where = f"read {self.reads} (generation {lookup.generation}, source {lookup.source})"
-        if not np.all(vectors == first):
-            values = np.unique(vectors)
-            self._violate(f"{where}: mixed group, {len(values)} distinct values, e.g. {values[:6].tolist()}")
-        elif k != first or k < 0:
-            self._violate(f"{where}: value {first} is no delta's value")
-        elif not np.all(unseen == (k == 0)):
-            self._violate(f"{where}: value {k} but {int(unseen.sum())} of {len(unseen)} rows unseen")
-        elif k and not np.all(updated == k):
-            self._violate(f"{where}: value {k} but event times {np.unique(updated)[:6].tolist()}")
-        elif self.check_generation and lookup.generation != k:
-            self._violate(f"{where}: value {k} read at generation {lookup.generation}")
-        if k < self.last_k:
-            self._violate(f"{where}: went back from {self.last_k} to {k}")
-        self.ks.add(k)
-        self.last_k = max(self.last_k, k)
-        return k
+        updated = np.concatenate([s.updated_at_ms for s in lookup.slots.values()])
+        return self._check(
+            f"read {self.reads + 1} (generation {lookup.generation}, source {lookup.source})",
+            lookup.source,
+            lookup.generation,
+            np.concatenate([s.vectors.ravel() for s in lookup.slots.values()]),
+            len(unseen),
+            int(unseen.sum()),
+            updated[~unseen],
+        )
 
     def record_into(self, got: IntoLookup, buffers: list[np.ndarray[Any, Any]]) -> int:
         """The same checks for a one-pass read (``lookup_into``): the buffers it wrote, its counts and seen times."""
+        return self._check(
+            f"one-pass read {self.reads + 1} (generation {got.generation})",
+            f"{got.source}:into",
+            got.generation,
+            np.concatenate([b.ravel() for b in buffers]),
+            sum(got.ids_by_slot.values()),
+            sum(got.unseen_by_slot.values()),
+            got.seen_ms,
+        )
+
+    def _check(
+        self,
+        where: str,
+        source: str,
+        generation: int,
+        vectors: np.ndarray[Any, Any],
+        n_ids: int,
+        n_unseen: int,
+        seen_ms: np.ndarray[Any, Any],
+    ) -> int:
+        """One read of the whole group: one delta's value everywhere (0: every row unseen), its event times, its
+        generation, never older than an earlier read."""
         self.reads += 1
-        self.sources[f"{got.source}:into"] += 1
-        vectors = np.concatenate([b.ravel() for b in buffers])
-        n_ids, n_unseen = sum(got.ids_by_slot.values()), sum(got.unseen_by_slot.values())
+        self.sources[source] += 1
         first = float(vectors[0])
         k = int(first)
-        where = f"one-pass read {self.reads} (generation {got.generation})"
         if not np.all(vectors == first):
             values = np.unique(vectors)
             self._violate(f"{where}: mixed group, {len(values)} distinct values, e.g. {values[:6].tolist()}")
@@ -229,10 +235,10 @@ class Observations:
             self._violate(f"{where}: value {first} is no delta's value")
         elif n_unseen != (n_ids if k == 0 else 0):
             self._violate(f"{where}: value {k} but {n_unseen} of {n_ids} rows unseen")
-        elif k and not (len(got.seen_ms) == n_ids and np.all(got.seen_ms == k)):
-            self._violate(f"{where}: value {k} but event times {np.unique(got.seen_ms)[:6].tolist()}")
-        elif self.check_generation and got.generation != k:
-            self._violate(f"{where}: value {k} read at generation {got.generation}")
+        elif k and not (len(seen_ms) == n_ids and np.all(seen_ms == k)):
+            self._violate(f"{where}: value {k} but event times {np.unique(seen_ms)[:6].tolist()}")
+        elif self.check_generation and generation != k:
+            self._violate(f"{where}: value {k} read at generation {generation}")
         if k < self.last_k:
             self._violate(f"{where}: went back from {self.last_k} to {k}")
         self.ks.add(k)
