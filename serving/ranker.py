@@ -143,6 +143,8 @@ def read_inputs(store: EmbeddingStore, manifest: Manifest, request: RankRequest,
 def read_inputs_direct(store: EmbeddingStore, manifest: Manifest, request: RankRequest, now_ms: int) -> Inputs | None:
     """Every feature's rows written by the store straight into the input buffers (``EmbeddingStore.lookup_into``);
     None when the store declines (no shared tier, string ids, rows outside the tier...)."""
+    if store.shared_tier is None:
+        return None  # a standalone app's own RAM tier, or LMDB only: decided before building the plan
     user = _input_buffer("user", 1, manifest.user_width)
     candidates = _input_buffer("candidate", request.n_candidates, manifest.candidate_width)
     features: list[FeatureRead] = []
