@@ -407,3 +407,10 @@ def test_a_worker_ranker_answers_as_the_general_path(tmp_path: Path, monkeypatch
             assert general.embedding_age_median_s is not None
             assert abs(direct.embedding_age_median_s - general.embedding_age_median_s) < 5
     writer.close()
+
+
+@given(st.lists(st.integers(-(2**62), 2**62), min_size=1, max_size=200))
+def test_the_median_in_place_is_numpys(values: list[int]) -> None:
+    times = np.asarray(values, dtype=np.int64)
+    expected = float(np.median(times))
+    assert ranker_module._median_in_place(times.copy()) == expected
