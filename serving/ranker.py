@@ -1,7 +1,10 @@
 """``Ranker``: one ranking request from parsed columns to the top-k, with the epoch and stats of the answer.
 
-All lookups of a request come from one store snapshot (one ``lookup_many`` call) and one dense runner (the live
-model taken once at the start).
+All lookups of a request come from one store snapshot and one dense runner (the live model taken once at the
+start). The snapshot is read in one of two ways with the same result (``read_inputs``): in a serving worker whose
+request names only integer-id slots held whole in the shared tier, by one compiled pass per feature straight into
+the input buffers (``read_inputs_direct``); otherwise by one ``lookup_many`` call and the assembly from its rows
+(``read_inputs_general``).
 """
 
 from __future__ import annotations
