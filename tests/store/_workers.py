@@ -18,7 +18,8 @@ Commands:
   (as a restarted writer builds from LMDB), then publish ``S`` to ``K``; the small slot grows several times
   (``LIVERANK_TIER_TEST_STALL_IN_GROWTH`` makes it stall in one window of its first growth).
 - ``grow-reader DIR --final K``: read the growth stream from the shared tier in ``DIR`` in a loop until it reads
-  ``K``; print a JSON summary (violations, states seen, give-ups).
+  ``K``, alternately as ``lookup_many`` and as the one-pass read do; print a JSON summary (violations, states seen,
+  give-ups).
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from liverank.store import EmbeddingStore, Inbox, Lookup, SlotConfig, SlotDelta, SparseDelta
-from liverank.store.read_into import FeatureRead, IntoLookup
+from liverank.store.read_into import FeatureRead, IntoLookup, read_into
 from liverank.store.shared_tier import SharedTierReader, SharedTierWriter, SlotChange, TierEpoch
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -173,6 +174,35 @@ def check_grow_read(reader: SharedTierReader) -> tuple[int, str | None] | None:
     fresh = reader.read({"small": small_new_ids(k)})
     if fresh is not None and fresh.epoch.generation == k and not (fresh.reads["small"].vectors == float(k)).all():
         return k, f"state {k}: its fresh small ids {np.unique(fresh.reads['small'].vectors)[:6].tolist()}"
+    return k, None
+
+
+def check_grow_read_into(reader: SharedTierReader) -> tuple[int, str | None] | None:
+    """The same read as ``check_grow_read``, in one pass into input buffers (``read_into``, as the ranker reads):
+    (its state k, what is wrong with it or None), or None if it gave up."""
+    big_ids = np.concatenate([BIG_HOT_IDS, BIG_COLD_IDS])
+    big = np.empty((len(big_ids), GROW_DIM), dtype=np.float32)
+    small = np.empty((len(SMALL_MARKER_IDS), GROW_DIM), dtype=np.float32)
+    features = [
+        FeatureRead("big", big_ids, big, 0, None, False),
+        FeatureRead("small", SMALL_MARKER_IDS, small, 0, None, False),
+    ]
+    got = read_into(reader, {name: (config, 0) for name, config in GROW_SLOTS.items()}, features, 0)
+    if got is None:
+        return None
+    k = got.generation
+    hot = len(BIG_HOT_IDS)
+    if got.applied_seq != {"grow": k}:
+        return k, f"one-pass state {k}: applied {got.applied_seq}"
+    if got.unseen_by_slot["big"] or not (big[:hot] == float(k)).all():
+        return k, f"one-pass state {k}: big hot rows {np.unique(big[:hot])[:6].tolist()}"
+    if not (big[hot:] == COLD_VALUE).all():
+        return k, f"one-pass state {k}: big cold rows {np.unique(big[hot:])[:6].tolist()}"
+    if k == 0:
+        unseen = got.unseen_by_slot["small"]
+        return k, None if unseen == len(SMALL_MARKER_IDS) else f"one-pass state 0 has small rows ({unseen} unseen)"
+    if got.unseen_by_slot["small"] or not (small == float(k)).all():
+        return k, f"one-pass state {k}: small markers {np.unique(small)[:6].tolist()}"
     return k, None
 
 
@@ -474,7 +504,8 @@ def _grow_reader(shared: str, final: int, timeout_s: float) -> int:
     reads, last_k, ks, violations = 0, -1, set(), []
     deadline = time.monotonic() + timeout_s
     while last_k < final and time.monotonic() < deadline:
-        got = check_grow_read(reader)
+        # Alternately the general read and the one-pass read (``read_into``: the ranker's).
+        got = (check_grow_read, check_grow_read_into)[reads % 2](reader)
         if got is None:
             continue
         k, problem = got
