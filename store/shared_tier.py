@@ -368,6 +368,10 @@ def _gather(arrays: _SlotArrays, copy: int, ids: IntIds) -> TierRead:
     return TierRead(out_rows, out_vectors.astype(np.float32, copy=False), out_updated)
 
 
+# What runs inside one seqlock section: (the slots' arrays, the active copy) -> what it read, or None to decline.
+Section = Callable[[Mapping[str, _SlotArrays], int], T | None]
+
+
 class SharedTierReader:
     """A worker's read-only view of the shared tier. Lock-free; safe to use from many threads."""
 
@@ -414,36 +418,26 @@ class SharedTierReader:
     def read(self, ids_by_slot: Mapping[str, IntIds]) -> SharedRead | None:
         """Rows of several slots from one published state, or None (no tier yet, or too many publishes overlapped
         this read: the caller answers from LMDB)."""
-        segment = self._current()
-        if segment is None:
-            return None
-        for attempt in range(MAX_TRIES):
-            g = segment.g
-            if g == RETIRED:  # a newer head is live (invariant 5e): follow control now
-                segment = self._current() or segment
-                continue
-            copy = g & 1
-            epoch = segment.epoch(copy, g)
-            reads = {}
-            if epoch is not None:
-                for slot, ids in ids_by_slot.items():
-                    arrays = segment.slots.get(slot)
-                    if arrays is not None:
-                        reads[slot] = _gather(arrays, copy, np.ascontiguousarray(ids, dtype=np.uint64))
-            if segment.g == g and epoch is not None:
-                segment.remember(g, epoch)
-                if attempt:
-                    self.retries += attempt
-                return SharedRead(epoch, reads, attempt)
-            if attempt and attempt % 8 == 0:
-                segment = self._current() or segment
-        self.retries += MAX_TRIES
-        self.gave_up += 1
-        return None
 
-    def read_section(self, section: Callable[[Mapping[str, _SlotArrays], int], T | None]) -> tuple[TierEpoch, T] | None:
+        def gather(slots: Mapping[str, _SlotArrays], copy: int) -> dict[str, TierRead]:
+            reads = {}
+            for slot, ids in ids_by_slot.items():
+                arrays = slots.get(slot)
+                if arrays is not None:
+                    reads[slot] = _gather(arrays, copy, np.ascontiguousarray(ids, dtype=np.uint64))
+            return reads
+
+        got = self._seqlock(gather)
+        return None if got is None else SharedRead(*got)
+
+    def read_section(self, section: Section[T]) -> tuple[TierEpoch, T] | None:
         """``section(slots, copy)`` run inside one seqlock section (redone, into the same buffers, when a publish
         overlapped it), with the epoch it read; None as ``read``, or when ``section`` declines (None)."""
+        got = self._seqlock(section)
+        return None if got is None else (got[0], got[1])
+
+    def _seqlock(self, section: Section[T]) -> tuple[TierEpoch, T, int] | None:
+        """(epoch, what ``section`` read, retries) from one published state (invariant 2), or None."""
         segment = self._current()
         if segment is None:
             return None
@@ -460,7 +454,7 @@ class SharedTierReader:
                     return None
                 segment.remember(g, epoch)
                 self.retries += attempt
-                return epoch, got
+                return epoch, got, attempt
             if attempt and attempt % 8 == 0:
                 segment = self._current() or segment
         self.retries += MAX_TRIES
