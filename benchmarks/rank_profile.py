@@ -40,13 +40,12 @@ from liverank.benchmarks.w500 import RequestMaker, make_tables
 from liverank.exporter.synthetic import build_synthetic_bundle
 from liverank.serving.api.routes_rank import rank_json
 from liverank.serving.ranker import (
-    RankResult,
     _assemble,
     _plan_lookups,
-    _top_ids,
     _top_k,
     blend,
     inputs_from_lookup,
+    rank_result,
     read_inputs_direct,
 )
 from liverank.serving.request import parse_rank_request
@@ -102,24 +101,7 @@ def _staged_served(services: Services, body: bytes, clock: Clock, *, direct: boo
     t.append(clock())
     if inputs is None:
         inputs = inputs_from_lookup(user, candidates, lookup, now_ms)
-    doc_out = RankResult(
-        top=top,
-        scores=score[top],
-        heads={name: values[top] for name, values in heads.items()},
-        ids=_top_ids(request, top),
-        dense_version=live.version,
-        sparse_seq=inputs.applied_seq,
-        generation=inputs.generation,
-        unseen_by_slot=inputs.unseen_by_slot,
-        ids_by_slot=inputs.ids_by_slot,
-        embedding_age_max_s=inputs.age_max_s,
-        embedding_age_median_s=inputs.age_median_s,
-        embedding_age_max_s_by_slot=inputs.age_max_s_by_slot,
-        lookup_s=0.0,
-        dense_s=0.0,
-        dense_cpu_s=0.0,
-        source=inputs.source,
-    ).to_json()
+    doc_out = rank_result(live, request, inputs, heads, score, top, 0.0, 0.0, 0.0).to_json()
     t.append(clock())
     orjson.dumps(doc_out)
     t.append(clock())

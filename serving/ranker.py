@@ -98,24 +98,41 @@ class Ranker:
         dense_done, dense_cpu_s = time.perf_counter(), time.thread_time() - cpu_before
         score = blend(request, heads)
         top = _top_k(score, request.k)
-        return RankResult(
-            top=top,
-            scores=score[top],
-            heads={name: values[top] for name, values in heads.items()},
-            ids=_top_ids(request, top),
-            dense_version=live.version,
-            sparse_seq=inputs.applied_seq,
-            generation=inputs.generation,
-            unseen_by_slot=inputs.unseen_by_slot,
-            ids_by_slot=inputs.ids_by_slot,
-            embedding_age_max_s=inputs.age_max_s,
-            embedding_age_median_s=inputs.age_median_s,
-            embedding_age_max_s_by_slot=inputs.age_max_s_by_slot,
-            lookup_s=looked_up - started,
-            dense_s=dense_done - looked_up,
-            dense_cpu_s=dense_cpu_s,
-            source=inputs.source,
+        return rank_result(
+            live, request, inputs, heads, score, top, looked_up - started, dense_done - looked_up, dense_cpu_s
         )
+
+
+def rank_result(
+    live: LiveModel,
+    request: RankRequest,
+    inputs: Inputs,
+    heads: dict[str, FloatArray],
+    score: FloatArray,
+    top: np.ndarray[Any, np.dtype[np.intp]],
+    lookup_s: float,
+    dense_s: float,
+    dense_cpu_s: float,
+) -> RankResult:
+    """The answer from the inputs' read, the network's heads, the blended scores and the top-k positions."""
+    return RankResult(
+        top=top,
+        scores=score[top],
+        heads={name: values[top] for name, values in heads.items()},
+        ids=_top_ids(request, top),
+        dense_version=live.version,
+        sparse_seq=inputs.applied_seq,
+        generation=inputs.generation,
+        unseen_by_slot=inputs.unseen_by_slot,
+        ids_by_slot=inputs.ids_by_slot,
+        embedding_age_max_s=inputs.age_max_s,
+        embedding_age_median_s=inputs.age_median_s,
+        embedding_age_max_s_by_slot=inputs.age_max_s_by_slot,
+        lookup_s=lookup_s,
+        dense_s=dense_s,
+        dense_cpu_s=dense_cpu_s,
+        source=inputs.source,
+    )
 
 
 @dataclass(frozen=True)
