@@ -49,8 +49,10 @@ OTHER_COMMANDS_VARIABLES = frozenset(
         "LIVERANK_CRASH_TRIALS",
         "LIVERANK_KILL9_TRIALS",
         "LIVERANK_SWAP_TRIALS",
-        # the shared tier's test-only seam: the writer stalls mid-publish so a test can SIGKILL it there
+        # the shared tier's test-only seams: the writer stalls mid-publish, or in a window of a slot's growth, so a
+        # test can SIGKILL it there
         "LIVERANK_TIER_TEST_STALL_AT_GENERATION",
+        "LIVERANK_TIER_TEST_STALL_IN_GROWTH",
     }
 )
 
