@@ -183,10 +183,7 @@ def read_inputs_direct(store: EmbeddingStore, manifest: Manifest, request: RankR
     got = store.lookup_into(features, now_ms=now_ms)
     if got is None:
         return None
-    by_slot = {slot: (now_ms - oldest) / 1000.0 for slot, oldest in got.oldest_ms_by_slot.items()}
-    age_max = max(by_slot.values()) if by_slot else None
-    # As ``_ages``: now minus the median update time (of the same rows in another order: the same median).
-    age_median = (now_ms - _median_in_place(got.seen_ms)) / 1000.0 if by_slot else None
+    age_max, age_median, by_slot = _age_figures(now_ms, got.oldest_ms_by_slot, got.seen_ms)
     return Inputs(
         user,
         candidates,
@@ -357,9 +354,19 @@ def _ages(lookup: Lookup, now_ms: int) -> tuple[float | None, float | None, dict
     """Max and median age (s since last update) of the rows this answer used, and per slot the oldest (slots with
     no seen row left out); unseen ids have no age. One masking pass per slot serves all three."""
     seen_by_slot = [(slot, got.updated_at_ms[~got.unseen]) for slot, got in lookup.slots.items()]
-    by_slot = {slot: (now_ms - int(seen.min())) / 1000.0 for slot, seen in seen_by_slot if seen.size}
+    oldest_ms_by_slot = {slot: int(seen.min()) for slot, seen in seen_by_slot if seen.size}
+    if not oldest_ms_by_slot:
+        return None, None, {}
+    return _age_figures(now_ms, oldest_ms_by_slot, np.concatenate([seen for _, seen in seen_by_slot]))
+
+
+def _age_figures(
+    now_ms: int, oldest_ms_by_slot: dict[str, int], seen_ms: np.ndarray[Any, np.dtype[np.int64]]
+) -> tuple[float | None, float | None, dict[str, float]]:
+    """The answer's ages from per slot the oldest seen update time and every seen row's update time (``seen_ms``, a
+    scratch array of this request: reordered in place). The median age is now minus the median update time: no age
+    array of every row (about 11,000 per request). Both read paths (``_ages``, ``read_inputs_direct``) end here."""
+    by_slot = {slot: (now_ms - oldest) / 1000.0 for slot, oldest in oldest_ms_by_slot.items()}
     if not by_slot:
         return None, None, by_slot
-    seen_all = np.concatenate([seen for _, seen in seen_by_slot])
-    # The median age is now minus the median update time: no age array of every row (about 11,000 per request).
-    return max(by_slot.values()), (now_ms - float(np.median(seen_all))) / 1000.0, by_slot
+    return max(by_slot.values()), (now_ms - _median_in_place(seen_ms)) / 1000.0, by_slot

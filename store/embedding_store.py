@@ -483,12 +483,15 @@ class EmbeddingStore:
         got = read_into(self._mapped, self._slots, features, now_ms)
         if got is None or got.generation < self._floor_generation:
             return None
-        if any(got.unseen_by_slot.values()):
-            with self._stats_lock:
-                for slot, n in got.unseen_by_slot.items():
-                    if n:
-                        self._unseen[slot] = self._unseen.get(slot, 0) + n
+        for slot, n in got.unseen_by_slot.items():
+            self._count_unseen(slot, n)
         return got
+
+    def _count_unseen(self, slot: str, n: int) -> None:
+        """Unseen ids answered (the slot's default), for ``/admin/status``: by both read paths."""
+        if n:
+            with self._stats_lock:
+                self._unseen[slot] = self._unseen.get(slot, 0) + n
 
     def _lookup_shared(self, normalized: dict[str, IntIds | tuple[str, ...]], now: int) -> Lookup | None:
         """The answer from the shared tier (plus LMDB at the same generation for rows it does not hold), or None
@@ -599,8 +602,7 @@ class EmbeddingStore:
                 if not vectors.flags.writeable:
                     vectors = vectors.copy()
                 vectors[unseen] = config.default_vector()
-                with self._stats_lock:
-                    self._unseen[slot] = self._unseen.get(slot, 0) + int(unseen.sum())
+                self._count_unseen(slot, int(unseen.sum()))
             out[slot] = SlotLookup(vectors, read.updated_at_ms, unseen)
         return out
 
