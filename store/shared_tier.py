@@ -587,9 +587,14 @@ class SharedTierWriter:
 
     def _stall_in_growth(self, window: str) -> None:
         if self._growth_stall == window:
-            (self.directory / f"stalled-{window}").touch()
-            while True:  # test-only: wait here to be killed in this growth window
-                time.sleep(1)
+            self._stall(window)
+
+    def _stall(self, where: str) -> None:
+        """Test-only (``STALL_ENV``, ``GROWTH_STALL_ENV``): say so in ``stalled-<where>``, then wait here to be
+        killed."""
+        (self.directory / f"stalled-{where}").touch()
+        while True:
+            time.sleep(1)
 
     # --- building ---------------------------------------------------------------------------------------------
 
@@ -693,9 +698,7 @@ class SharedTierWriter:
         epoch = self._with_books(TierEpoch(generation, dict(applied_seq), self._epoch.complete, {}), self._books)
         segment.write_epoch(inactive, epoch)
         if self._stall_at is not None and generation == self._stall_at:
-            (self.directory / f"stalled-{generation}").touch()
-            while True:  # test-only: wait here to be killed mid-publish
-                time.sleep(1)
+            self._stall(str(generation))  # mid-publish
         segment.counter[0] = g + 1  # the flip (invariant 1)
         self.last_publish_window_s = time.perf_counter() - started
         self._epoch = epoch
