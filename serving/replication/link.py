@@ -19,7 +19,7 @@ from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
 
-from liverank.serving.errors import ConfigInvalid
+from liverank.serving.errors import ConfigInvalid, LogUnavailable
 from liverank.serving.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -40,6 +40,12 @@ LOG_BUNDLE_RECORD = "log_bundle"
 LOG_BUNDLE_DONE_RECORD = "log_bundle_done"
 # The stream's de-duplication window: a producer's retry of a push the log already holds is dropped by its msg id.
 DUPLICATE_WINDOW_S = 120.0
+# JetStream's "no suitable peers for placement": a replicated stream needs that many peers online, which a cluster
+# whose nodes are still finding each other (they and the replicas were just started together) does not have yet.
+ERR_NO_PLACEMENT = 10005
+# How long start-up waits for such a cluster to place the stream before it gives up with a clear error.
+PLACEMENT_WAIT_S = 30.0
+_PLACEMENT_RETRY_S = 0.25
 
 
 @dataclass(frozen=True)
@@ -166,11 +172,32 @@ class NatsLink:
             future.cancel()
             raise
 
-    def ensure_stream(self) -> None:
-        """Create the stream if it is not there (every replica tries; the first wins, the others find it)."""
-        self.run(self._ensure_stream(), self.config.timeout_s * 2)
+    def ensure_stream(self, placement_wait_s: float = PLACEMENT_WAIT_S) -> None:
+        """Create the stream if it is not there (every replica tries; the first wins, the others find it). A cluster
+        that cannot place it yet (peers still joining) is waited for up to ``placement_wait_s``, then
+        ``LogUnavailable`` says so."""
+        wait_s = max(placement_wait_s, self.config.timeout_s)
+        self.run(self._ensure_stream(wait_s), wait_s + self.config.timeout_s * 2)
 
-    async def _ensure_stream(self) -> None:
+    async def _ensure_stream(self, placement_wait_s: float) -> None:
+        deadline = asyncio.get_running_loop().time() + placement_wait_s
+        while True:
+            try:
+                await self._find_or_add_stream()
+                return
+            except nats.js.errors.APIError as exc:
+                if exc.err_code != ERR_NO_PLACEMENT:
+                    raise
+                if asyncio.get_running_loop().time() >= deadline:
+                    raise LogUnavailable(
+                        f"the NATS cluster could not place the log stream {self.config.stream!r} with "
+                        f"{self.config.replicas} replicas within {placement_wait_s:.0f} s ({exc.description}): "
+                        f"are that many JetStream nodes up and routed to each other?"
+                    ) from exc
+                log.info("the NATS cluster cannot place the log stream yet (%s); trying again", exc.description)
+                await asyncio.sleep(_PLACEMENT_RETRY_S)
+
+    async def _find_or_add_stream(self) -> None:
         try:
             await self.js.stream_info(self.config.stream)
             return
@@ -179,7 +206,9 @@ class NatsLink:
         try:
             await self.js.add_stream(self.config.stream_config())
             log.info("created the log stream %s (replicas %d)", self.config.stream, self.config.replicas)
-        except nats.js.errors.BadRequestError:
+        except nats.js.errors.BadRequestError as exc:
+            if exc.err_code == ERR_NO_PLACEMENT:
+                raise
             await self.js.stream_info(self.config.stream)  # another replica created it meanwhile
 
     def close(self) -> None:

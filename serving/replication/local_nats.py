@@ -6,13 +6,18 @@ For trying replicated mode on one machine (``liverank cluster up``) and for the 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
 import socket
 import sys
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from liverank.server_process import ServerProcess
 from liverank.serving.errors import ConfigInvalid
@@ -120,6 +125,16 @@ class NatsNode:
         assert self._server is not None, "start() first"
         self._server.wait_ready(timeout_s)
 
+    def meta_view(self) -> dict[str, Any]:
+        """The node's view of the JetStream meta group (its leader, and on the leader each peer's state); empty if
+        the node does not answer."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.monitor_port}/jsz", timeout=2.0) as answer:
+                view: dict[str, Any] = json.load(answer).get("meta_cluster") or {}
+        except (OSError, ValueError):  # not up, or a partial answer while it starts
+            return {}
+        return view
+
     def kill(self) -> None:
         """SIGKILL: no goodbye to the cluster, no flush (a crashed machine)."""
         if self._server is not None:
@@ -162,13 +177,37 @@ class NatsCluster:
         for node in self.nodes:
             node.start()
         try:
+            deadline = time.monotonic() + timeout_s
             for node in self.nodes:
                 node.wait_healthy(timeout_s)
+            if len(self.nodes) > 1:
+                self.wait_formed(max(deadline - time.monotonic(), 1.0))
         except BaseException:
             self.stop()
             raise
         log.info("NATS JetStream up: %s", self.urls)
         return self
+
+    def wait_formed(self, timeout_s: float) -> None:
+        """Until every node names the same meta leader and that leader sees every other peer current. A healthy
+        node is not enough: for a moment after start-up a peer can still be offline to the leader, and a stream
+        with as many replicas as nodes cannot be placed then (JetStream error 10005)."""
+        deadline = time.monotonic() + timeout_s
+        views: list[dict[str, Any]] = []
+        while time.monotonic() < deadline:
+            views = [node.meta_view() for node in self.nodes]
+            leader = views[0].get("leader")
+            if leader and all(view.get("leader") == leader for view in views):
+                leader_view = next((v for n, v in zip(self.nodes, views, strict=True) if n.name == leader), {})
+                peers = leader_view.get("replicas") or []
+                if len(peers) == len(self.nodes) - 1 and all(peer.get("current") for peer in peers):
+                    return
+            time.sleep(0.1)
+        seen = [(v.get("leader"), [(p.get("name"), p.get("current")) for p in v.get("replicas") or []]) for v in views]
+        raise TimeoutError(
+            f"the NATS cluster did not form within {timeout_s:.0f} s (meta leader and peers' state as each node sees "
+            f"them: {seen})"
+        )
 
     def stop(self) -> None:
         for node in self.nodes:
