@@ -40,7 +40,8 @@ from liverank.serving.metrics import forget_process
 from liverank.serving.model_slot import ModelSlot
 from liverank.serving.services import connect_replication
 from liverank.serving.settings import Settings
-from liverank.serving.writer import STATUS_RECORD, WriterProcess, writer_config
+from liverank.serving.status_file import remove_record
+from liverank.serving.writer import WriterProcess, status_path, writer_config
 from liverank.store import EmbeddingStore
 from liverank.store.shared_tier import read_control, tier_files
 
@@ -158,7 +159,6 @@ def prepare_server(settings: Settings) -> str | None:
         live = bundles.restore()
         if live is None and settings.bundle is not None:
             live = bundles.install_dir(settings.bundle)
-        store.lmdb.put_app_record(STATUS_RECORD, {})  # a previous server's writer must not look alive or drained
         return None if live is None else live.bundle_id
     finally:
         store.close()
@@ -210,6 +210,7 @@ def run_server(settings: Settings, log_level: str) -> int:
         # takes every pending connection on a wake-up: single-accept mode yields after each accept, so a burst that
         # the kernel hashed to the shared socket is not taken by one worker alone.
         os.environ.setdefault("UV_TCP_SINGLE_ACCEPT", "1")
+    remove_record(status_path(tier))  # a previous server's writer must not look alive or drained
     before = read_control(tier)
     writer = WriterProcess(writer_config(settings, shared_tier=True))
     writer.start()
@@ -249,7 +250,7 @@ def run_server(settings: Settings, log_level: str) -> int:
         writer.stop()
         shutil.rmtree(metrics_dir, ignore_errors=True)
         # The tier lives in memory (/dev/shm): a stopped server must not keep it. The next start rebuilds it.
-        for leftover in [*tier_files(tier), tier / "writer.pid"]:
+        for leftover in [*tier_files(tier), tier / "writer.pid", status_path(tier)]:
             leftover.unlink(missing_ok=True)
         shutil.rmtree(settings.workers_path, ignore_errors=True)
         with contextlib.suppress(OSError):

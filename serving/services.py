@@ -31,7 +31,7 @@ from liverank.serving.request import Limits
 from liverank.serving.settings import LOOPBACK_HOSTS, Settings
 from liverank.serving.status_history import Observation, StatusHistory, read_samples
 from liverank.serving.worker_sync import WorkerSync
-from liverank.serving.writer import WriterProcess, writer_config
+from liverank.serving.writer import WriterProcess, status_path, writer_config
 from liverank.store import EmbeddingStore, Inbox
 from liverank.store.manifest import manifest_to_json
 
@@ -142,6 +142,7 @@ class Services:
                 model_slot,
                 metrics,
                 status_dir=settings.workers_path,
+                writer_status_path=status_path(settings.tier_path),
                 status_timeout_s=settings.status_timeout_s,
                 master_pid=settings.master_pid,
             )

@@ -76,6 +76,13 @@ class Settings(BaseSettings):
     flush_interval_s: float = Field(1.0, gt=0, description="how often committed data is fsynced (durability=process)")
     sweep_interval_s: float = Field(30.0, gt=0)
     inbox_max_depth: int = Field(1_000, ge=1)
+    writer_lmdb_nice: int = Field(
+        0,
+        ge=0,
+        le=19,
+        description="nice value of the writer's thread that writes deltas into LMDB after they became visible "
+        "(higher: ranking keeps more of the CPU while deltas are written)",
+    )
     updater_poll_s: float = Field(
         0.002,
         gt=0,

@@ -92,6 +92,9 @@ class Updater:
         while not self._stop.is_set():
             try:
                 progressed = self._drain()
+                if not self._store.publishing and self._store.publisher is not None:
+                    # A restarted writer: the tier is published once LMDB has caught up with what readers saw.
+                    self._store.start_publishing(source_drained=not progressed)
                 if progressed and self.on_applied is not None:
                     self.on_applied()
                 now = time.monotonic()
@@ -116,6 +119,9 @@ class Updater:
     def _drain(self) -> bool:
         """Apply what the inbox holds, oldest first per producer. True if anything was applied."""
         entries = self._inbox.pending(limit=256)
+        applier = self._store.applier
+        if applier is not None:  # visible already, waiting for LMDB (which retires them from the inbox)
+            entries = [entry for entry in entries if not applier.in_flight(entry.key)]
         if not entries:
             self.drained_at_start.set()
             return False
@@ -211,5 +217,6 @@ class Updater:
             "deltas_applied": self.deltas_applied,
             "rows_applied": self.rows_applied,
             "publish_window_s": self.publish_window_s,
+            "lmdb_lag_deltas": 0 if self._store.applier is None else self._store.applier.lag,
             "source": self._inbox.status(),
         }

@@ -26,13 +26,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from liverank.serving.bundles import BundleManager
 from liverank.serving.freshness import Freshness
 from liverank.serving.metrics import Metrics
 from liverank.serving.model_slot import ModelSlot
-from liverank.serving.writer import STATUS_RECORD
+from liverank.serving.status_file import read_record, write_record
 from liverank.store import EmbeddingStore
 
 log = logging.getLogger(__name__)
@@ -60,10 +58,9 @@ def live_workers(directory: Path, timeout_s: float) -> list[dict[str, Any]]:
     out = []
     now = _now_ms()
     for path in directory.glob("*.json"):
-        try:
-            record = orjson.loads(path.read_bytes())
-        except (OSError, orjson.JSONDecodeError):
-            continue  # being replaced right now
+        record = read_record(path)
+        if record is None:
+            continue  # gone meanwhile (a stale record another worker removed)
         if now - int(record.get("heartbeat_ms", 0)) <= timeout_s * 1000 and _pid_alive(int(record["pid"])):
             out.append(record)
         elif not _pid_alive(int(record["pid"])):
@@ -83,6 +80,7 @@ class WorkerSync:
         metrics: Metrics,
         *,
         status_dir: Path,
+        writer_status_path: Path,
         status_timeout_s: float,
         master_pid: int | None = None,
     ) -> None:
@@ -95,6 +93,7 @@ class WorkerSync:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="liverank-worker-sync", daemon=True)
         self._path = status_dir / f"{os.getpid()}.json"
+        self._writer_status_path = writer_status_path
         self.drained_at_start = threading.Event()
         self.last_apply_ms: int | None = None
         self.writer_status: dict[str, Any] = {}
@@ -135,7 +134,7 @@ class WorkerSync:
         # Bounded: a writer restarted right after publishing never reports the delta (it is visible all the same).
         deadline = min(deadline, time.monotonic() + _REPORT_WAIT_S)
         while time.monotonic() < deadline:
-            record = self._store.lmdb.get_app_record(STATUS_RECORD) or {}
+            record = read_record(self._writer_status_path) or {}
             if record.get("visible_seq", {}).get(producer, 0) >= seq:
                 self.writer_status = record
                 break
@@ -144,7 +143,7 @@ class WorkerSync:
 
     def push_to_visible_summary(self) -> dict[str, float | int | None]:
         # Measured where deltas become visible: in the writer, as it publishes the shared tier.
-        record = self._store.lmdb.get_app_record(STATUS_RECORD) or self.writer_status
+        record = read_record(self._writer_status_path) or self.writer_status
         summary: dict[str, float | int | None] | None = record.get("push_to_visible")
         return summary if summary is not None else self.freshness.summary()
 
@@ -171,9 +170,7 @@ class WorkerSync:
             "heartbeat_ms": _now_ms(),
             "started_at_ms": self.started_at_ms,
         }
-        tmp = self._path.with_suffix(".tmp")
-        tmp.write_bytes(orjson.dumps(record))
-        os.replace(tmp, self._path)
+        write_record(self._path, record)
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -193,7 +190,7 @@ class WorkerSync:
             self._stop.wait(_BEAT_S)
 
     def _mirror_writer(self) -> None:
-        self.writer_status = self._store.lmdb.get_app_record(STATUS_RECORD) or {}
+        self.writer_status = read_record(self._writer_status_path) or {}
         self.last_apply_ms = self.writer_status.get("last_apply_ms")
         if self.writer_status.get("drained_at_start") and self.writer_alive:
             self.drained_at_start.set()

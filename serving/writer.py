@@ -29,13 +29,16 @@ from liverank.serving.freshness import Freshness
 from liverank.serving.memory import release_free_memory
 from liverank.serving.metrics import Metrics, add_new
 from liverank.serving.settings import Settings
+from liverank.serving.status_file import write_record
 from liverank.serving.updater import Updater
 from liverank.store import EmbeddingStore, Inbox
 from liverank.store.doorbell import Doorbell
 
 log = logging.getLogger(__name__)
 
-STATUS_RECORD = "writer_status"
+STATUS_RECORD = "writer_status"  # a standalone app's writer: an LMDB app record
+# A server's writer: a file beside the shared tier (``status_file``), so that reporting never waits on LMDB.
+STATUS_FILE = "writer-status.json"
 _STATUS_INTERVAL_S = 0.25
 
 
@@ -54,6 +57,7 @@ class WriterConfig:
     shared_tier_dir: str | None = None  # set: this writer builds and publishes the shared RAM tier there
     ram_budget_rows: int = 0
     log: dict[str, Any] | None = None  # replicated mode: a LogConfig's fields (the writer reads the shared log)
+    lmdb_nice: int = 0  # the nice value of the writer's thread that writes published deltas into LMDB
 
 
 def writer_config(settings: Settings, *, shared_tier: bool) -> WriterConfig:
@@ -71,7 +75,13 @@ def writer_config(settings: Settings, *, shared_tier: bool) -> WriterConfig:
         shared_tier_dir=str(settings.tier_path) if shared_tier else None,
         ram_budget_rows=settings.ram_budget_rows,
         log=_log_fields(settings),
+        lmdb_nice=settings.writer_lmdb_nice,
     )
+
+
+def status_path(tier_dir: str | os.PathLike[str]) -> Path:
+    """Where a server's writer leaves its status record."""
+    return Path(tier_dir) / STATUS_FILE
 
 
 def _log_fields(settings: Settings) -> dict[str, Any] | None:
@@ -94,6 +104,7 @@ def _writer_main(config: dict[str, Any], stop: Connection, token: int, parent_pi
         tier="publish" if cfg.shared_tier_dir else "none",
         shared_tier_dir=cfg.shared_tier_dir,
         ram_budget_rows=cfg.ram_budget_rows,
+        lmdb_nice=cfg.lmdb_nice,
     )
     release_free_memory()  # the heap the shared tier's build used (LMDB rows read in chunks) goes back to the OS
     source: DeltaSource | None = None
@@ -123,7 +134,11 @@ def _writer_main(config: dict[str, Any], stop: Connection, token: int, parent_pi
                 if store.publisher is not None:
                     updater.publish_window_s = store.publisher.last_publish_window_s
                 extra = mirror.update(updater) if mirror is not None else {}
-                store.lmdb.put_app_record(STATUS_RECORD, {**updater.status_record(), **extra, "token": token})
+                record = {**updater.status_record(), **extra, "token": token}
+                if cfg.shared_tier_dir:
+                    write_record(status_path(cfg.shared_tier_dir), record)
+                else:
+                    store.lmdb.put_app_record(STATUS_RECORD, record)
 
         if mirror is not None:
             updater.on_applied = report
@@ -138,6 +153,9 @@ def _writer_main(config: dict[str, Any], stop: Connection, token: int, parent_pi
             report()
             if not updater.alive:
                 log.error("the writer's updater thread stopped; the writer exits so that the server restarts it")
+                break
+            if store.applier is not None and not store.applier.alive:
+                log.error("the writer's LMDB thread stopped; the writer exits so that the server restarts it")
                 break
         updater.stop()
     finally:

@@ -5,7 +5,9 @@ what is resident; rows that are not resident come from an LMDB read transaction 
 writer is mid-way (tier being changed, or LMDB already ahead of the tier) the whole call is answered from one LMDB
 snapshot instead. Readers never wait for the writer.
 
-Writes: ``apply`` validates a delta, commits it to LMDB in one transaction, then makes it visible in the tier.
+Writes: ``apply`` validates a delta, commits it to LMDB in one transaction, then makes it visible in the tier. The
+writer process of a server publishes a delta from its durable inbox first and writes LMDB behind it
+(``liverank.store.lmdb_applier``: why, and the invariants that keep it safe).
 
 Tier modes (``open(tier=...)``): ``local``, a RAM tier of this process's own (tests, benchmarks, one-process use);
 ``none``, LMDB only; ``publish``, the writer process: it builds and publishes the shared tier
@@ -27,7 +29,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from liverank.store.errors import IdOutOfRange, UnknownSlot
+from liverank.store.errors import IdOutOfRange, SequenceGap, UnknownSlot
 from liverank.store.format import (
     Array,
     Ids,
@@ -41,6 +43,7 @@ from liverank.store.format import (
     slot_key_prefix,
     value_dtype,
 )
+from liverank.store.lmdb_applier import LmdbApplier, VisibleDelta
 from liverank.store.lmdb_store import DEFAULT_MAP_SIZE_BYTES, ApplyResult, Durability, LmdbStore, Txn
 from liverank.store.ram_tier import DELETED_MS, RamTier, TierRead
 from liverank.store.read_into import FeatureRead, IntoLookup, read_into
@@ -51,6 +54,7 @@ from liverank.store.validation import PreparedDelta, prepare_delta
 log = logging.getLogger(__name__)
 
 DEFAULT_RAM_BUDGET_ROWS = 50_000_000
+_BEHIND_WAIT_S = 5.0  # map mode: how long a lookup waits for LMDB to reach the state the tier already served
 _WARM_CHUNK_ROWS = 1_000_000
 Source = Literal["ram", "ram+lmdb", "lmdb"]
 TierMode = Literal["local", "none", "publish", "map"]
@@ -124,6 +128,9 @@ class EmbeddingStore:
         # a follower thread instead, so that no ranking request pays for catching up.
         self.follow_inline = True
         self._publisher: SharedTierWriter | None = None
+        self._applier: LmdbApplier | None = None  # publish mode: writes LMDB behind the published tier
+        self._publishing = False  # publish mode: the tier is built and follows every delta
+        self._publish_floor = 0  # publish mode: the generation the previous writer's last head showed readers
         self._mapped: SharedTierReader | None = None
         self._floor_generation = 0  # map mode: answers never go back past what this process already served
         self.tier_fallbacks = 0  # lookups answered wholly from LMDB although a tier exists
@@ -141,11 +148,17 @@ class EmbeddingStore:
         ram_tier: bool = True,
         tier: TierMode | None = None,
         shared_tier_dir: str | os.PathLike[str] | None = None,
+        lmdb_nice: int = 0,
     ) -> EmbeddingStore:
         """Open (or create) a store, declare ``slots``, and warm the RAM tier from LMDB up to the budget.
 
         ``ram_tier`` False: no RAM tier at all (same as ``tier="none"``). ``tier``: see the module docstring;
         ``shared_tier_dir``: where the shared tier lives (``publish`` and ``map``; default under /dev/shm).
+        ``lmdb_nice``: ``publish`` mode, the nice value of the thread that writes published deltas into LMDB.
+
+        ``publish`` mode publishes at once, unless the tier directory still shows readers a state LMDB does not
+        hold yet (a writer that published deltas ahead of LMDB was killed): then nothing is published until LMDB
+        has caught up from the inbox (``start_publishing``), so that no reader sees a delta go away.
         """
         mode: TierMode = tier if tier is not None else ("local" if ram_tier else "none")
         shared_dir = shared_tier_dir if shared_tier_dir is not None else default_dir(path)
@@ -160,7 +173,9 @@ class EmbeddingStore:
                 store._tier_ok = False
             if mode == "publish":
                 store._publisher = SharedTierWriter(shared_dir, ram_budget_rows)
-                store._publish_whole()
+                store._applier = LmdbApplier(lmdb_store, nice=lmdb_nice)
+                store._publish_floor = _published_generation(shared_dir)
+                store.start_publishing(source_drained=False)
             elif mode == "map":
                 store._mapped = SharedTierReader(shared_dir)
         except BaseException:
@@ -171,11 +186,51 @@ class EmbeddingStore:
     # --- lifecycle and configuration ----------------------------------------------------------------------------
 
     def close(self) -> None:
+        if self._applier is not None:
+            self._applier.stop()  # what it could not write in time stays in the inbox
         if self._mapped is not None:
             self._mapped.close()
         if self._publisher is not None:
             self._publisher.close()
         self._lmdb.close()
+
+    @property
+    def publishing(self) -> bool:
+        """``publish`` mode: the shared tier is built and follows every delta."""
+        return self._publishing
+
+    @property
+    def applier(self) -> LmdbApplier | None:
+        """``publish`` mode: what writes published deltas into LMDB."""
+        return self._applier
+
+    def start_publishing(self, *, source_drained: bool) -> bool:
+        """``publish`` mode: build the shared tier from LMDB and publish it, once LMDB holds at least the state the
+        tier directory shows readers now (or the delta source has nothing left to apply: that state is then not
+        one this store's inbox can rebuild, e.g. a tier left by another store). True once publishing."""
+        if self._publisher is None or self._publishing:
+            return self._publishing
+        with self._write_lock:
+            with self._lmdb.read() as txn:
+                generation = self._lmdb.generation(txn)
+            if generation < self._publish_floor:
+                if not source_drained:
+                    log.info(
+                        "readers see generation %s, LMDB holds %s: the shared tier is published once the inbox has "
+                        "caught LMDB up",
+                        self._publish_floor,
+                        generation,
+                    )
+                    return False
+                log.warning(
+                    "the shared tier showed generation %s, but LMDB and its inbox reach only %s; publishing LMDB's "
+                    "state",
+                    self._publish_floor,
+                    generation,
+                )
+            self._publish_whole()
+            self._publishing = True
+            return True
 
     @property
     def shared_tier(self) -> SharedTierReader | None:
@@ -270,6 +325,8 @@ class EmbeddingStore:
     def _publish_whole(self) -> None:
         """Build the shared tier from one LMDB snapshot and publish it (writer start-up, or recovery)."""
         assert self._publisher is not None
+        if self._applier is not None:
+            self._applier.wait_idle()  # LMDB first holds every published delta (invariant 3)
         started = time.perf_counter()
         with self._lmdb.read() as txn:
             self._slots = self._lmdb.slot_table(txn)
@@ -295,7 +352,17 @@ class EmbeddingStore:
         if publisher.epoch.generation != generation - 1:
             self._publish_whole()  # behind (another writer's deltas): rebuild from LMDB, which has this one too
             return
-        changes = [
+        applied = {**publisher.epoch.applied_seq, prepared.delta.producer: prepared.delta.seq}
+        try:
+            publisher.publish(self._tier_changes(prepared), generation, applied)
+        except Exception:
+            # Readers still serve the last whole state (nothing was flipped); start again from LMDB.
+            log.exception("shared tier publish failed; rebuilding it from LMDB")
+            self._publish_whole()
+
+    @staticmethod
+    def _tier_changes(prepared: PreparedDelta) -> list[SlotChange]:
+        return [
             SlotChange(
                 slot.config,
                 slot.int_ids if slot.int_ids is not None else np.empty(0, np.uint64),
@@ -306,13 +373,6 @@ class EmbeddingStore:
             for slot in prepared.slots
             if slot.config.id_kind != "str"
         ]
-        applied = {**publisher.epoch.applied_seq, prepared.delta.producer: prepared.delta.seq}
-        try:
-            publisher.publish(changes, generation, applied)
-        except Exception:
-            # Readers still serve the last whole state (nothing was flipped); start again from LMDB.
-            log.exception("shared tier publish failed; rebuilding it from LMDB")
-            self._publish_whole()
 
     def catch_up(self) -> list[Followed]:
         """Bring the RAM tier up to LMDB's generation: deltas another process (the writer) applied. Returns what
@@ -374,8 +434,12 @@ class EmbeddingStore:
                 self.refresh_config()  # workers declare slots and bind schemas when bundles go live
             prepared = prepare_delta(delta, self._slots, self._schema_hash)
             binary = payload if payload is not None else encode_delta(delta)
+            if inbox_key is not None and log_position is None and self._can_publish_first():
+                return self._publish_first(prepared, binary, inbox_key, received_at_ms)
+            if self._applier is not None:
+                self._applier.wait_idle()  # invariant 3
             result = self._lmdb.apply(prepared, binary, inbox_key, received_at_ms, log_position)
-            if result.status == "applied" and self._publisher is not None:
+            if result.status == "applied" and self._publishing:
                 self._publish(prepared, result.generation)
             elif result.status == "applied" and self._tier_ok:
                 if self._tier.generation == result.generation - 1:
@@ -383,6 +447,49 @@ class EmbeddingStore:
                 else:  # another process wrote in between: replay its deltas (and ours) from the changelog
                     self._catch_up()
             return result
+
+    def _can_publish_first(self) -> bool:
+        """A delta can be published before LMDB has it when readers never need LMDB at the tier's generation: every
+        slot is held complete in the tier (no string ids, nothing past the RAM budget)."""
+        if not self._publishing or self._applier is None or not self._applier.alive:
+            return False
+        assert self._publisher is not None
+        complete = self._publisher.epoch.complete
+        return all(complete.get(name, False) for name in self._slots)
+
+    def _publish_first(
+        self, prepared: PreparedDelta, binary: bytes, inbox_key: bytes, received_at_ms: int
+    ) -> ApplyResult:
+        """Publish a delta from the inbox, then queue it for LMDB (``liverank.store.lmdb_applier``). Checked
+        against the published state, which is LMDB's plus the queued deltas."""
+        publisher, applier = self._publisher, self._applier
+        assert publisher is not None
+        assert applier is not None
+        delta = prepared.delta
+        epoch = publisher.epoch
+        published_seq = epoch.applied_seq.get(delta.producer, 0)
+        if delta.seq <= published_seq:  # LMDB retires its inbox entry in order, as a duplicate
+            applier.submit(VisibleDelta(prepared, binary, inbox_key, received_at_ms, 0))
+            return ApplyResult("duplicate", delta.producer, delta.seq, epoch.generation)
+        if delta.seq != published_seq + 1:
+            raise SequenceGap(delta.producer, published_seq + 1, delta.seq)
+        self._lmdb.check_room(prepared.n_rows > 0)
+        generation = epoch.generation + 1
+        item = VisibleDelta(prepared, binary, inbox_key, received_at_ms, generation)
+        try:
+            publisher.publish(
+                self._tier_changes(prepared), generation, {**epoch.applied_seq, delta.producer: delta.seq}
+            )
+        except Exception:
+            # Readers still serve the last whole state (nothing was flipped): LMDB first, then rebuild from it.
+            log.exception("shared tier publish failed; rebuilding it from LMDB")
+            applier.submit(item)
+            self._publish_whole()
+        else:
+            applier.submit(item)
+        written = sum(len(slot.keys) for slot in prepared.slots)
+        deleted = sum(len(slot.tombstone_keys) for slot in prepared.slots)
+        return ApplyResult("applied", delta.producer, delta.seq, generation, written, deleted)
 
     def validate(self, delta: SparseDelta) -> None:
         """Check a delta against the slots and the bound schema without writing it (e.g. before queueing)."""
@@ -402,11 +509,13 @@ class EmbeddingStore:
             for name, (config, code) in self._slots.items():
                 if config.ttl_ms is None:
                     continue
+                if self._applier is not None:
+                    self._applier.wait_idle()  # the sweep reads LMDB's times: every published refresh first
                 keys, ids = self._expired_keys(config, code, now - config.ttl_ms, max_rows_scanned)
                 if keys:
                     removed[name] = self._lmdb.delete_rows(name, keys)
                     self._tier.forget(name, ids)
-                    if self._publisher is not None and not isinstance(ids, tuple):
+                    if self._publishing and self._publisher is not None and not isinstance(ids, tuple):
                         self._publisher.forget(name, ids)
         return removed
 
@@ -446,10 +555,9 @@ class EmbeddingStore:
         normalized = {slot: self._normalize(slot, ids) for slot, ids in requests.items()}
         now = _now_ms() if now_ms is None else now_ms
         if self._mapped is not None:
-            shared = self._lookup_shared(normalized, now)
+            shared = self._lookup_mapped(normalized, now)
             if shared is not None:
                 return shared
-            self.tier_fallbacks += 1
         with self._lmdb.read() as txn:
             generation = self._lmdb.generation(txn)
             if (
@@ -483,6 +591,7 @@ class EmbeddingStore:
         got = read_into(self._mapped, self._slots, features, now_ms)
         if got is None or got.generation < self._floor_generation:
             return None
+        self._floor_generation = got.generation  # not below it (checked above); a lost race only lowers it a step
         for slot, n in got.unseen_by_slot.items():
             self._count_unseen(slot, n)
         return got
@@ -492,6 +601,22 @@ class EmbeddingStore:
         if n:
             with self._stats_lock:
                 self._unseen[slot] = self._unseen.get(slot, 0) + n
+
+    def _lookup_mapped(self, normalized: dict[str, IntIds | tuple[str, ...]], now: int) -> Lookup | None:
+        """Map mode: the shared tier's answer, or None when LMDB must answer whole. The tier can be ahead of LMDB
+        (the writer publishes deltas from its inbox first): then LMDB's answer would go back past what this process
+        already served, so the tier is asked again until LMDB catches up (bounded: LMDB answers after that)."""
+        deadline = time.monotonic() + _BEHIND_WAIT_S
+        while True:
+            shared = self._lookup_shared(normalized, now)
+            if shared is not None:
+                self._floor_generation = max(self._floor_generation, shared.generation)
+                return shared
+            self.tier_fallbacks += 1
+            with self._lmdb.read() as txn:
+                if self._lmdb.generation(txn) >= self._floor_generation or time.monotonic() >= deadline:
+                    return None
+            time.sleep(0.001)
 
     def _lookup_shared(self, normalized: dict[str, IntIds | tuple[str, ...]], now: int) -> Lookup | None:
         """The answer from the shared tier (plus LMDB at the same generation for rows it does not hold), or None
@@ -677,7 +802,10 @@ class EmbeddingStore:
     def rows_checksum(self) -> dict[str, Any]:
         """A digest of every stored row (key and value bytes, in key order) with the sequences and log position of
         the same snapshot: two replicas that applied the same records hold equal digests. Reads every row (seconds
-        per million): for convergence checks, not for a hot path."""
+        per million): for convergence checks, not for a hot path. In map mode, once LMDB holds the state this
+        process serves (the writer writes LMDB behind the tier it publishes)."""
+        if self._mapped is not None:
+            self._wait_lmdb_reaches(self.served_epoch()[0], _BEHIND_WAIT_S * 6)
         digest = hashlib.blake2b(digest_size=16)
         rows = 0
         with self._lmdb.read() as txn:
@@ -691,6 +819,14 @@ class EmbeddingStore:
                 "log_position": self._lmdb.log_position(txn),
                 "generation": self._lmdb.generation(txn),
             }
+
+    def _wait_lmdb_reaches(self, generation: int, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with self._lmdb.read() as txn:
+                if self._lmdb.generation(txn) >= generation:
+                    return
+            time.sleep(0.005)
 
     def stats(self) -> StoreStats:
         with self._lmdb.read() as txn:
@@ -711,6 +847,18 @@ class EmbeddingStore:
 
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+def _published_generation(directory: str | os.PathLike[str]) -> int:
+    """The generation a shared tier directory shows readers now (0: none)."""
+    reader = SharedTierReader(directory)
+    try:
+        epoch = reader.epoch()
+    except (OSError, ValueError):  # a head half gone or unreadable: nothing a reader can be served from either
+        return 0
+    finally:
+        reader.close()
+    return 0 if epoch is None else epoch.generation
 
 
 def _scan_slot(txn: Txn, rows_db: Any, config: SlotConfig, code: int, chunk_rows: int) -> Any:

@@ -376,6 +376,12 @@ class LmdbStore:
             pages += stat["branch_pages"] + stat["leaf_pages"] + stat["overflow_pages"]
         return int(pages * self.env.stat()["psize"])
 
+    def check_room(self, adds_rows: bool) -> None:
+        """``StoreFull`` now if a delta that ``adds_rows`` would be refused (checked before publishing one ahead
+        of LMDB; the write transaction checks again)."""
+        with self.read() as txn:
+            self._check_room(txn, adds_rows)
+
     def _check_room(self, txn: Txn, adds_rows: bool) -> None:
         if adds_rows and self.used_bytes(txn) > self.map_size_bytes - self.reserve_bytes:
             raise StoreFull(
