@@ -12,6 +12,10 @@ import numpy as np
 from liverank.serving.metrics import Metrics
 from liverank.store import EmbeddingStore
 
+# How often a ``?wait=visible`` caller looks at the served state. In a worker nothing notifies it when the writer
+# publishes (another process): this poll is part of push-to-visible (a 2 ms look costs a few microseconds).
+_SERVED_POLL_S = 0.002
+
 
 class Freshness:
     """Push-to-visible figures (a recent window, plus the Prometheus histogram) and visibility waiters."""
@@ -41,7 +45,7 @@ class Freshness:
                 if left <= 0:
                     return False
                 # Re-check now and then, not only on notify: a restarted writer or a rebuild also moves it.
-                self._served.wait(min(left, 0.01))
+                self._served.wait(min(left, _SERVED_POLL_S))
         return True
 
     def summary(self) -> dict[str, float | int | None]:

@@ -432,9 +432,11 @@ class EmbeddingStore:
         with self._write_lock:
             if self._publisher is not None:
                 self.refresh_config()  # workers declare slots and bind schemas when bundles go live
-            prepared = prepare_delta(delta, self._slots, self._schema_hash)
+            first = inbox_key is not None and log_position is None and self._can_publish_first()
+            prepared = prepare_delta(delta, self._slots, self._schema_hash, for_lmdb=not first)
             binary = payload if payload is not None else encode_delta(delta)
-            if inbox_key is not None and log_position is None and self._can_publish_first():
+            if first:
+                assert inbox_key is not None
                 return self._publish_first(prepared, binary, inbox_key, received_at_ms)
             if self._applier is not None:
                 self._applier.wait_idle()  # invariant 3
@@ -487,8 +489,8 @@ class EmbeddingStore:
             self._publish_whole()
         else:
             applier.submit(item)
-        written = sum(len(slot.keys) for slot in prepared.slots)
-        deleted = sum(len(slot.tombstone_keys) for slot in prepared.slots)
+        written = sum(len(slot.vectors) for slot in prepared.slots)
+        deleted = sum(0 if slot.tombstone_int_ids is None else len(slot.tombstone_int_ids) for slot in prepared.slots)
         return ApplyResult("applied", delta.producer, delta.seq, generation, written, deleted)
 
     def validate(self, delta: SparseDelta) -> None:

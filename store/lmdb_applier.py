@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 from liverank.store.errors import StoreError
 from liverank.store.lmdb_store import LmdbStore
-from liverank.store.validation import PreparedDelta
+from liverank.store.validation import PreparedDelta, with_lmdb_encoding
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ _RETRY_S = 1.0
 class VisibleDelta:
     """A published delta that LMDB does not hold yet."""
 
-    prepared: PreparedDelta
+    prepared: PreparedDelta  # validated; LMDB keys and values are encoded here if they are not yet
     payload: bytes  # its binary form, for the changelog
     inbox_key: bytes  # deleted in the transaction that writes the rows
     received_at_ms: int
@@ -154,7 +154,8 @@ class LmdbApplier:
         """One delta into LMDB; False when it must be tried again."""
         delta = item.prepared.delta
         try:
-            result = self._lmdb.apply(item.prepared, item.payload, item.inbox_key, item.received_at_ms)
+            prepared = with_lmdb_encoding(item.prepared)  # here, off the publisher's path
+            result = self._lmdb.apply(prepared, item.payload, item.inbox_key, item.received_at_ms)
         except StoreError as exc:
             self.errors += 1
             log.error(

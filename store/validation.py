@@ -7,7 +7,7 @@ is applied whole; one that fails changes nothing.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -137,6 +137,24 @@ def prepare_delta(
                 _prepare_int_slot(config, code, slot.ids, slot.tombstones, vectors, updated, what, for_lmdb)
             )
     return PreparedDelta(delta, tuple(prepared))
+
+
+def with_lmdb_encoding(prepared: PreparedDelta) -> PreparedDelta:
+    """``prepared`` (validated with ``for_lmdb`` False) with its LMDB keys and values encoded: the writer publishes
+    a delta first and encodes it for LMDB on its background thread (``liverank.store.lmdb_applier``)."""
+    slots = []
+    for given in prepared.slots:
+        slot = given
+        if slot.int_ids is not None and not slot.keys and len(slot.int_ids):
+            slot = replace(
+                slot,
+                keys=encode_int_keys(slot.code, slot.int_ids),
+                values=encode_values(slot.vectors, slot.updated_at_ms, slot.config.np_dtype),
+            )
+        if slot.tombstone_int_ids is not None and not slot.tombstone_keys and len(slot.tombstone_int_ids):
+            slot = replace(slot, tombstone_keys=encode_int_keys(slot.code, slot.tombstone_int_ids))
+        slots.append(slot)
+    return PreparedDelta(prepared.delta, tuple(slots))
 
 
 def _prepare_int_slot(
