@@ -1,6 +1,6 @@
 """The updater: the writer process's loop, the one place where deltas are written to LMDB.
 
-It drains the durable inbox into the store in sequence order, fsyncs committed data on a timer (durability
+It drains the durable inbox into the store in sequence order, fsyncs committed data on a timer (its own thread, durability
 "process"), sweeps expired rows. It runs on a thread of the writer process (serving/writer.py), which publishes
 ``status_record()`` for the server's follower. One bad artifact is logged, counted and quarantined, and serving
 goes on; ranking threads never wait for it.
@@ -58,6 +58,9 @@ class Updater:
         self._sweep_interval_s = sweep_interval_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="liverank-updater", daemon=True)
+        # fsync on a thread of its own: it can take tens of milliseconds, and on the updater's thread every delta
+        # that arrived meanwhile waited for it (measured: BENCHMARKS.md, fourth run).
+        self._flusher = threading.Thread(target=self._flush_loop, name="liverank-flush", daemon=True)
         self._waiting_schema: set[tuple[str, int]] = set()  # (producer, seq): warned about once
         self.drained_at_start = threading.Event()
         self.last_apply_ms: int | None = None
@@ -76,10 +79,14 @@ class Updater:
 
     def start(self) -> None:
         self._thread.start()
+        if self._store.lmdb.durability == "process":
+            self._flusher.start()
 
     def stop(self, timeout_s: float = 10.0) -> None:
         self._stop.set()
         self._thread.join(timeout_s)
+        if self._flusher.is_alive():
+            self._flusher.join(timeout_s)
 
     @property
     def alive(self) -> bool:
@@ -87,8 +94,16 @@ class Updater:
 
     # --- the loop -----------------------------------------------------------------------------------------------
 
+    def _flush_loop(self) -> None:
+        while not self._stop.wait(self._flush_interval_s):
+            try:
+                self._store.flush()
+            except Exception:
+                log.exception("flushing the store failed; trying again in %.1f s", self._flush_interval_s)
+                self._fail("flush")
+
     def _run(self) -> None:
-        next_flush = next_sweep = time.monotonic()
+        next_sweep = time.monotonic()
         while not self._stop.is_set():
             try:
                 progressed = self._drain()
@@ -98,10 +113,6 @@ class Updater:
                 if progressed and self.on_applied is not None:
                     self.on_applied()
                 now = time.monotonic()
-                if now >= next_flush:
-                    if self._store.lmdb.durability == "process":
-                        self._store.flush()
-                    next_flush = now + self._flush_interval_s
                 if now >= next_sweep:
                     self._sweep()
                     next_sweep = now + self._sweep_interval_s
