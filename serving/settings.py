@@ -53,6 +53,8 @@ OTHER_COMMANDS_VARIABLES = frozenset(
         # test can SIGKILL it there
         "LIVERANK_TIER_TEST_STALL_AT_GENERATION",
         "LIVERANK_TIER_TEST_STALL_IN_GROWTH",
+        # ... and the writer's LMDB thread writes nothing while a file exists (deltas stay visible-only)
+        "LIVERANK_TIER_TEST_HOLD_LMDB",
     }
 )
 
@@ -77,7 +79,7 @@ class Settings(BaseSettings):
     sweep_interval_s: float = Field(30.0, gt=0)
     inbox_max_depth: int = Field(1_000, ge=1)
     writer_lmdb_nice: int = Field(
-        0,
+        10,
         ge=0,
         le=19,
         description="nice value of the writer's thread that writes deltas into LMDB after they became visible "

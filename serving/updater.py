@@ -1,9 +1,10 @@
 """The updater: the writer process's loop, the one place where deltas are written to LMDB.
 
-It drains the durable inbox into the store in sequence order, fsyncs committed data on a timer (its own thread, durability
-"process"), sweeps expired rows. It runs on a thread of the writer process (serving/writer.py), which publishes
-``status_record()`` for the server's follower. One bad artifact is logged, counted and quarantined, and serving
-goes on; ranking threads never wait for it.
+It drains the durable inbox into the store in sequence order, fsyncs committed data on a timer (on a thread of its
+own, durability "process"), sweeps expired rows. It runs on a thread of the writer process (serving/writer.py),
+which publishes ``status_record()`` for the server's workers. One bad artifact is logged, counted and quarantined,
+and serving goes on; ranking threads never wait for it. A server's writer publishes each delta to the shared tier
+before it is in LMDB (``liverank.store.lmdb_applier``): entries published but not yet written are skipped here.
 """
 
 from __future__ import annotations

@@ -41,6 +41,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MAX_QUEUED = 64
 _RETRY_S = 1.0
+# Test-only seam: while the file this names exists, the applier writes nothing (deltas stay visible-only), so a test
+# can watch a delta served before LMDB has it, and SIGKILL the writer then.
+HOLD_ENV = "LIVERANK_TIER_TEST_HOLD_LMDB"
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,7 @@ class LmdbApplier:
         self._in_flight: set[bytes] = set()  # inbox keys queued or being written
         self._cond = threading.Condition()
         self._stop = False
+        self._hold = os.environ.get(HOLD_ENV)
         self.failure: str | None = None  # set when the applier stopped on a broken invariant
         self.errors = 0  # failed write attempts (retried)
         self._thread = threading.Thread(target=self._run, name="liverank-lmdb-applier", daemon=True)
@@ -134,6 +138,8 @@ class LmdbApplier:
                 if not self._queue:
                     return  # stopping, nothing left
                 item = self._queue[0]
+            if self._held():
+                continue
             if not self._write(item):
                 if self._stopping():
                     return  # the inbox still holds it: the next writer applies it
@@ -145,6 +151,13 @@ class LmdbApplier:
                 self._queue.popleft()
                 self._in_flight.discard(item.inbox_key)
                 self._cond.notify_all()
+
+    def _held(self) -> bool:
+        """Test-only (``HOLD_ENV``): True while held (after a short wait, so the loop looks again)."""
+        if self._hold is None or not os.path.exists(self._hold) or self._stopping():
+            return False
+        time.sleep(0.01)
+        return True
 
     def _stopping(self) -> bool:
         with self._cond:
