@@ -14,6 +14,7 @@ from liverank.store.format import is_binary_delta
 # changelog entry). Room is asked for that much, for every queued delta too, plus this slack for page rounding.
 _GROWTH_FACTOR = 3
 _ROOM_SLACK_BYTES = 256 * 1024
+_DURABLE_WAIT_S = 10.0  # a full store: how long a push waits for LMDB to hold what is served before it is refused
 
 
 class DeltaIntake:
@@ -31,7 +32,10 @@ class DeltaIntake:
             self._store.validate(delta)
             binary = payload if is_binary_delta(payload) else encode_delta(delta)
             with self._room_lock:
-                if delta.n_rows:
+                if delta.n_rows and not self._has_room(len(binary)):
+                    # Deltas already served may not be in LMDB yet (the writer writes it behind the tier), among them
+                    # tombstones that free room: judge room on the state the producer has seen.
+                    self._store.wait_durable(_DURABLE_WAIT_S)
                     self._check_room(len(binary))
                 result = self._inbox.enqueue(delta, received_at_ms, payload=binary)
         except StoreError as exc:
@@ -39,6 +43,13 @@ class DeltaIntake:
             raise
         self._metrics.deltas_received.labels(outcome=result.status).inc()
         return result
+
+    def _has_room(self, delta_bytes: int) -> bool:
+        try:
+            self._check_room(delta_bytes)
+        except StoreFull:
+            return False
+        return True
 
     def _check_room(self, delta_bytes: int) -> None:
         """Refuse rows before they are queued when the store will have no room to apply them (the store's own

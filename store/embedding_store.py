@@ -29,7 +29,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from liverank.store.errors import IdOutOfRange, SequenceGap, UnknownSlot
+from liverank.store.errors import IdOutOfRange, SequenceGap, StoreFull, UnknownSlot
 from liverank.store.format import (
     Array,
     Ids,
@@ -475,7 +475,11 @@ class EmbeddingStore:
             return ApplyResult("duplicate", delta.producer, delta.seq, epoch.generation)
         if delta.seq != published_seq + 1:
             raise SequenceGap(delta.producer, published_seq + 1, delta.seq)
-        self._lmdb.check_room(prepared.n_rows > 0)
+        try:
+            self._lmdb.check_room(prepared.n_rows > 0)
+        except StoreFull:
+            applier.wait_idle()  # published tombstones may free room once LMDB holds them
+            self._lmdb.check_room(prepared.n_rows > 0)
         generation = epoch.generation + 1
         item = VisibleDelta(prepared, binary, inbox_key, received_at_ms, generation)
         try:
@@ -806,8 +810,7 @@ class EmbeddingStore:
         the same snapshot: two replicas that applied the same records hold equal digests. Reads every row (seconds
         per million): for convergence checks, not for a hot path. In map mode, once LMDB holds the state this
         process serves (the writer writes LMDB behind the tier it publishes)."""
-        if self._mapped is not None:
-            self._wait_lmdb_reaches(self.served_epoch()[0], _BEHIND_WAIT_S * 6)
+        self.wait_durable(_BEHIND_WAIT_S * 6)
         digest = hashlib.blake2b(digest_size=16)
         rows = 0
         with self._lmdb.read() as txn:
@@ -822,12 +825,19 @@ class EmbeddingStore:
                 "generation": self._lmdb.generation(txn),
             }
 
-    def _wait_lmdb_reaches(self, generation: int, timeout_s: float) -> None:
+    def wait_durable(self, timeout_s: float) -> bool:
+        """Map mode: until LMDB holds the state this process serves (the writer writes LMDB behind the tier it
+        publishes); True at once elsewhere. False if the timeout passed first."""
+        if self._mapped is None:
+            return True
+        generation = self.served_epoch()[0]
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
+        while True:
             with self._lmdb.read() as txn:
                 if self._lmdb.generation(txn) >= generation:
-                    return
+                    return True
+            if time.monotonic() >= deadline:
+                return False
             time.sleep(0.005)
 
     def stats(self) -> StoreStats:
