@@ -79,7 +79,7 @@ class Settings(BaseSettings):
     sweep_interval_s: float = Field(30.0, gt=0)
     inbox_max_depth: int = Field(1_000, ge=1)
     writer_lmdb_nice: int = Field(
-        10,
+        0,
         ge=0,
         le=19,
         description="nice value of the writer's thread that writes deltas into LMDB after they became visible "
