@@ -32,24 +32,20 @@ class DeltaIntake:
             self._store.validate(delta)
             binary = payload if is_binary_delta(payload) else encode_delta(delta)
             with self._room_lock:
-                if delta.n_rows and not self._has_room(len(binary)):
-                    # Deltas already served may not be in LMDB yet (the writer writes it behind the tier), among them
-                    # tombstones that free room: judge room on the state the producer has seen.
-                    self._store.wait_durable(_DURABLE_WAIT_S)
-                    self._check_room(len(binary))
+                if delta.n_rows:
+                    try:
+                        self._check_room(len(binary))
+                    except StoreFull:
+                        # Deltas already served may not be in LMDB yet (the writer writes it behind the tier), among
+                        # them tombstones that free room: judge room on the state the producer has seen.
+                        self._store.wait_durable(_DURABLE_WAIT_S)
+                        self._check_room(len(binary))
                 result = self._inbox.enqueue(delta, received_at_ms, payload=binary)
         except StoreError as exc:
             self._metrics.deltas_received.labels(outcome=exc.code).inc()
             raise
         self._metrics.deltas_received.labels(outcome=result.status).inc()
         return result
-
-    def _has_room(self, delta_bytes: int) -> bool:
-        try:
-            self._check_room(delta_bytes)
-        except StoreFull:
-            return False
-        return True
 
     def _check_room(self, delta_bytes: int) -> None:
         """Refuse rows before they are queued when the store will have no room to apply them (the store's own

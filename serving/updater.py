@@ -108,9 +108,9 @@ class Updater:
         while not self._stop.is_set():
             try:
                 progressed = self._drain()
-                if not self._store.publishing and self._store.publisher is not None:
-                    # A restarted writer: the tier is published once LMDB has caught up with what readers saw.
-                    self._store.start_publishing(source_drained=not progressed)
+                # A restarted writer publishes the tier once LMDB has caught up with what readers saw (a no-op
+                # once publishing, and for a store that publishes no tier).
+                self._store.start_publishing(source_drained=not progressed)
                 if progressed and self.on_applied is not None:
                     self.on_applied()
                 now = time.monotonic()
