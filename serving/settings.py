@@ -135,11 +135,13 @@ class Settings(BaseSettings):
     parity_max_auc_diff: float = Field(
         0.002, ge=0, description="... and its AUC differs from fp32's by at most this (when the report has labels)"
     )
-    rank_concurrency: int = Field(
-        2,
+    rank_concurrency: int | None = Field(
+        None,
         ge=1,
-        description="ranking requests computed at once (more wait, off the GIL): about the number of cores; more "
-        "threads only fight over the GIL and starve the follower",
+        description="ranking requests one worker computes at once (more wait, off the GIL); default: the usable "
+        "cores divided among the workers, at least 1 (2 for one worker on 2 cores, 1 for two). More threads than "
+        "cores only fight over the GIL and the caches: 2 threads in each of 2 workers on 2 cores cost 0.5 ms more CPU "
+        "per request than 1 (BENCHMARKS.md)",
     )
     bundle_history: int = Field(5, ge=2, description="bundles kept on disk for rollback")
     status_interval_s: float = Field(2.0, gt=0, description="how often the status page's history is sampled")
@@ -182,6 +184,15 @@ class Settings(BaseSettings):
         if self.shared_tier_dir is not None:
             return self.shared_tier_dir
         return default_dir(self.store_path)
+
+    @property
+    def ranking_threads(self) -> int:
+        """``rank_concurrency``, or its default: the usable cores shared among the workers (a worker of ``liverank
+        serve``; a standalone app is the only process that ranks)."""
+        if self.rank_concurrency is not None:
+            return self.rank_concurrency
+        cores = len(os.sched_getaffinity(0))
+        return max(1, cores // (self.workers if self.role == "worker" else 1))
 
     @property
     def workers_path(self) -> Path:

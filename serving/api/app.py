@@ -84,7 +84,7 @@ def create_app(settings: Settings, *, services: Services | None = None) -> FastA
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         opened = services if services is not None else await run_in_threadpool(Services.open, settings)
         app.state.services = opened
-        app.state.rank_limiter = anyio.CapacityLimiter(settings.rank_concurrency)
+        app.state.rank_limiter = anyio.CapacityLimiter(settings.ranking_threads)
         # Background work (following deltas) gets the GIL back sooner from busy request threads.
         sys.setswitchinterval(settings.switch_interval_s)
         if settings.gc_freeze:
@@ -111,5 +111,6 @@ def create_app(settings: Settings, *, services: Services | None = None) -> FastA
     app.include_router(routes_health.router)
     routes_status.install_pages(app)
     app.include_router(routes_oip.router)
+    app.add_middleware(routes_rank.DirectRank)  # inside the latency middleware: timed and labelled as before
     app.add_middleware(_LatencyMiddleware)
     return app

@@ -97,15 +97,26 @@ def status_of(code: str) -> int:
     return STATUS_BY_CODE.get(code, 400)
 
 
-def _domain_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, StoreError | ServingError)
+def domain_error_response(exc: StoreError | ServingError, method: str, path: str) -> Response:
+    """The answer to a domain error raised by ``method path``; server-side failures are logged."""
     status = status_of(exc.code)
     extra: dict[str, Any] = {}
     if isinstance(exc, SequenceGap):
         extra = {"producer": exc.producer, "expected_seq": exc.expected, "got_seq": exc.got}
     if status >= 500 and status not in {503, 507}:
-        log.error("%s %s failed: %s", request.method, request.url.path, exc.message)
+        log.error("%s %s failed: %s", method, path, exc.message)
     return error_response(status, exc.code, exc.message, extra)
+
+
+def unexpected_error_response(exc: BaseException, method: str, path: str) -> Response:
+    """The answer to an error nothing expected (a bug), logged with its traceback."""
+    log.error("unexpected error in %s %s", method, path, exc_info=exc)
+    return error_response(500, "internal_error", "internal error; the server log has the details")
+
+
+def _domain_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StoreError | ServingError)
+    return domain_error_response(exc, request.method, request.url.path)
 
 
 def _validation_error(request: Request, exc: Exception) -> Response:
@@ -121,8 +132,7 @@ def _http_error(request: Request, exc: Exception) -> Response:
 
 
 def _unexpected(request: Request, exc: Exception) -> Response:
-    log.exception("unexpected error in %s %s", request.method, request.url.path)
-    return error_response(500, "internal_error", "internal error; the server log has the details")
+    return unexpected_error_response(exc, request.method, request.url.path)
 
 
 def install_error_handlers(app: FastAPI) -> None:

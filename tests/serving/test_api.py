@@ -167,6 +167,22 @@ def test_oversized_bodies_are_refused_with_413(server: LiveServer) -> None:
     assert (answer.status_code, answer.json()["code"]) == (413, "body_too_large")
 
 
+def test_the_direct_rank_path_takes_only_post_v1_rank(server: LiveServer) -> None:
+    """``POST /v1/rank`` skips FastAPI's stack (``routes_rank.DirectRank``); other methods and paths still reach the
+    app, and ranked requests are timed under their route as before."""
+    with server.client() as client:
+        wrong_method = client.get("/v1/rank")
+        wrong_path = client.post("/v1/rank/x", json=rank_body())
+        ranked = client.post("/v1/rank", json=rank_body())
+        text = client.get("/metrics").text
+    assert (wrong_method.status_code, wrong_method.json()["code"]) == (405, "method_not_allowed")
+    assert (wrong_path.status_code, wrong_path.json()["code"]) == (404, "not_found")
+    assert ranked.status_code == 200, ranked.text
+    assert ranked.headers["content-type"] == "application/json"
+    assert int(ranked.headers["content-length"]) == len(ranked.content)
+    assert 'liverank_request_duration_seconds_count{route="/v1/rank",status="200"}' in text
+
+
 @pytest.mark.parametrize(
     ("headers", "status", "code"),
     [
