@@ -137,3 +137,9 @@ class LogUnavailable(ServingError):
     """Replicated mode: the shared log did not acknowledge a push (no quorum, no connection); nothing was accepted."""
 
     code = "log_unavailable"
+
+
+class RankingUnavailable(ServingError):
+    """The server's count of rankings at once (``rank_slots``) is gone: the server is stopping or was restarted."""
+
+    code = "ranking_unavailable"

@@ -38,7 +38,7 @@ def live_manifest(services: Services, name: str, model_version: str | None) -> M
 def infer(
     services: Services, name: str, model_version: str | None, body: bytes, header_length: str | None
 ) -> InferAnswer:
-    """Decode the tensors, rank with the one ranking path, encode the outputs (run it on a worker thread)."""
+    """Decode the tensors, rank with the one ranking path, encode the outputs (run it on a ranking thread)."""
     manifest = live_manifest(services, name, model_version)
     header, tail = split_body(body, header_length)
     plan = plan_request(manifest, header, decode_inputs(header, tail))

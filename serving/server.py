@@ -9,7 +9,9 @@ in-flight requests):
    aggregated at each scrape; the master forgets a dead worker's live gauges when it replaces it);
 3. the writer process (``serving/writer.py``), which builds the shared RAM tier from LMDB, publishes it, then
    applies the inbox and publishes every delta; a thread here restarts it (backing off) if it dies;
-4. the workers: spawned interpreters (LMDB opened after the fork), ``LIVERANK_ROLE=worker``: they map the shared
+4. the server's ranking slots (``serving/rank_slots.py``): one count of rankings at once that every worker shares,
+   so any worker may use every core and together they never run more rankings than the server has cores;
+5. the workers: spawned interpreters (LMDB opened after the fork), ``LIVERANK_ROLE=worker``: they map the shared
    tier read-only, never write rows, never follow deltas (``serving/worker_sync.py``).
 
 Replicated mode (``--log``): the master restores a snapshot first if the store cannot follow the log on from where it
@@ -38,6 +40,7 @@ from liverank.serving.bundles import BundleManager
 from liverank.serving.errors import ConfigInvalid
 from liverank.serving.metrics import forget_process
 from liverank.serving.model_slot import ModelSlot
+from liverank.serving.rank_slots import RankSlots
 from liverank.serving.services import connect_replication
 from liverank.serving.settings import Settings
 from liverank.serving.status_file import remove_record
@@ -205,6 +208,9 @@ def run_server(settings: Settings, log_level: str) -> int:
     os.environ["LIVERANK_ROLE"] = "worker"
     os.environ["LIVERANK_MASTER_PID"] = str(os.getpid())
     os.environ["LIVERANK_SHARED_TIER_DIR"] = str(tier)
+    # One count of rankings at once for the whole server, shared by the workers (serving/rank_slots.py).
+    rank_slots = RankSlots.create(tier, settings.ranking_threads)
+    os.environ["LIVERANK_RANK_SLOTS_ID"] = str(rank_slots.semid)
     if settings.workers > 1:
         # Every worker also accepts on the master's shared socket (``WorkerWithOwnListener``), and libuv (uvloop)
         # takes every pending connection on a wake-up: single-accept mode yields after each accept, so a burst that
@@ -249,6 +255,7 @@ def run_server(settings: Settings, log_level: str) -> int:
         watcher.join(5)
         writer.stop()
         shutil.rmtree(metrics_dir, ignore_errors=True)
+        rank_slots.remove()
         # The tier lives in memory (/dev/shm): a stopped server must not keep it. The next start rebuilds it.
         for leftover in [*tier_files(tier), tier / "writer.pid", status_path(tier)]:
             leftover.unlink(missing_ok=True)

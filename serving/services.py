@@ -26,6 +26,7 @@ from liverank.serving.follower import Follower
 from liverank.serving.intake import DeltaIntake
 from liverank.serving.metrics import Metrics, scrape_registry
 from liverank.serving.model_slot import LiveModel, ModelSlot
+from liverank.serving.rank_slots import RankSlots, SlotRunner
 from liverank.serving.ranker import Ranker, RankResult
 from liverank.serving.request import Limits
 from liverank.serving.settings import LOOPBACK_HOSTS, Settings
@@ -76,6 +77,7 @@ class Services:
     history: StatusHistory
     started_at_ms: int
     replication: Replication | None = None  # replicated mode (--log): the shared log's parts in this process
+    rank_runner: SlotRunner | None = None  # a worker of ``liverank serve``: its ranking threads, in the server's slots
     _tier_seen: tuple[int, int] = (0, 0)
     _tier_lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -164,6 +166,9 @@ class Services:
             history=StatusHistory(interval_s=settings.status_interval_s, capacity=settings.status_history_points),
             started_at_ms=time.time_ns() // 1_000_000,
             replication=replication,
+            rank_runner=None
+            if settings.rank_slots_id is None
+            else SlotRunner(RankSlots(settings.rank_slots_id), settings.ranking_threads),
         )
         services.note_live_bundle()
         follower.start()
@@ -179,6 +184,8 @@ class Services:
         return services
 
     def close(self) -> None:
+        if self.rank_runner is not None:
+            self.rank_runner.close()
         self.history.stop()
         if self.replication is not None:
             self.replication.close()

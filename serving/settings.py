@@ -138,10 +138,10 @@ class Settings(BaseSettings):
     rank_concurrency: int | None = Field(
         None,
         ge=1,
-        description="ranking requests one worker computes at once (more wait, off the GIL); default: the usable "
-        "cores divided among the workers, at least 1 (2 for one worker on 2 cores, 1 for two). More threads than "
-        "cores only fight over the GIL and the caches: 2 threads in each of 2 workers on 2 cores cost 0.5 ms more CPU "
-        "per request than 1 (BENCHMARKS.md)",
+        le=32767,
+        description="rankings computed at once, by the whole server (the workers of `liverank serve` share the count: "
+        "any worker may use every slot) or by a standalone app; the rest wait off the GIL. Default: the usable cores. "
+        "More rankings than cores only make threads fight over the GIL and the caches (BENCHMARKS.md, fifth run)",
     )
     bundle_history: int = Field(5, ge=2, description="bundles kept on disk for rollback")
     status_interval_s: float = Field(2.0, gt=0, description="how often the status page's history is sampled")
@@ -162,6 +162,9 @@ class Settings(BaseSettings):
         "standalone",
         description="set by `liverank serve` for its workers (they map the shared tier; the server runs one "
         "writer); standalone: an app with its own writer process and RAM tier (tests, embedding)",
+    )
+    rank_slots_id: int | None = Field(
+        None, description="set by `liverank serve` for its workers: the semaphore counting the server's rankings"
     )
     master_pid: int | None = Field(
         None, description="set by `liverank serve` for its workers: they end when this process is gone"
@@ -187,12 +190,8 @@ class Settings(BaseSettings):
 
     @property
     def ranking_threads(self) -> int:
-        """``rank_concurrency``, or its default: the usable cores shared among the workers (a worker of ``liverank
-        serve``; a standalone app is the only process that ranks)."""
-        if self.rank_concurrency is not None:
-            return self.rank_concurrency
-        cores = len(os.sched_getaffinity(0))
-        return max(1, cores // (self.workers if self.role == "worker" else 1))
+        """``rank_concurrency``, or its default: the cores this process may use."""
+        return self.rank_concurrency or len(os.sched_getaffinity(0))
 
     @property
     def workers_path(self) -> Path:

@@ -55,11 +55,12 @@ STATUS_BY_CODE: dict[str, int] = {
     "invalid_inference_request": 422,
     "model_not_found": 404,
     "body_too_large": 413,
+    "ranking_unavailable": 503,
     # auth
     "unauthorized": 401,
     "forbidden": 403,
 }
-RETRY_AFTER_S = {"inbox_full": "1", "no_bundle": "5", "log_unavailable": "2"}
+RETRY_AFTER_S = {"inbox_full": "1", "no_bundle": "5", "log_unavailable": "2", "ranking_unavailable": "2"}
 
 # The one error body, for the OpenAPI document (a sequence gap adds producer, expected_seq and got_seq).
 ERROR_BODY_SCHEMA: dict[str, Any] = {

@@ -12,7 +12,6 @@ from collections.abc import Callable, Coroutine
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-import anyio.to_thread
 import orjson
 from fastapi import APIRouter, Request
 from fastapi.routing import APIRoute
@@ -21,6 +20,7 @@ from starlette.responses import Response
 from liverank.errors import LiverankError
 from liverank.serving.api.body import read_body
 from liverank.serving.api.errors import status_of
+from liverank.serving.api.routes_rank import run_ranking
 from liverank.serving.oip import model_metadata
 from liverank.serving.oip_model import infer, live_manifest
 from liverank.serving.services import Services
@@ -195,14 +195,8 @@ async def infer_version_route(request: Request, name: str, model_version: str) -
 async def _infer(request: Request, name: str, model_version: str | None) -> Response:
     services = _services(request)
     body = await read_body(request, services.settings.max_rank_body_bytes)
-    answer = await anyio.to_thread.run_sync(
-        infer,
-        services,
-        name,
-        model_version,
-        body,
-        request.headers.get(HEADER_LENGTH),
-        limiter=request.app.state.rank_limiter,
+    answer = await run_ranking(
+        request.app.state, infer, services, name, model_version, body, request.headers.get(HEADER_LENGTH)
     )
     if not answer.binary:
         return Response(answer.header, media_type="application/json")

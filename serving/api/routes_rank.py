@@ -9,12 +9,14 @@ serves an app that includes this router without the layer; both call ``rank_json
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import anyio
 import anyio.to_thread
 import orjson
 from fastapi import APIRouter, Request
+from starlette.datastructures import State
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 from starlette.routing import BaseRoute
@@ -27,6 +29,7 @@ from liverank.serving.services import Services
 from liverank.store import StoreError
 
 router = APIRouter()
+T = TypeVar("T")
 
 RANK_PATH = "/v1/rank"
 RANK_REQUEST_SCHEMA: dict[str, Any] = {
@@ -43,7 +46,7 @@ RANK_REQUEST_SCHEMA: dict[str, Any] = {
 
 
 def rank_json(services: Services, body: bytes) -> bytes:
-    """Parse, rank and serialise on a worker thread (the event loop only moves bytes)."""
+    """Parse, rank and serialise on a ranking thread (the event loop only moves bytes)."""
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -51,9 +54,13 @@ def rank_json(services: Services, body: bytes) -> bytes:
     return orjson.dumps(services.rank(doc).to_json())
 
 
-async def rank_off_loop(services: Services, body: bytes, limiter: anyio.CapacityLimiter) -> bytes:
-    """``rank_json`` on one of the worker's ranking threads (ONNX Runtime runs there without the GIL)."""
-    return await anyio.to_thread.run_sync(rank_json, services, body, limiter=limiter)
+async def run_ranking(state: State, fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` on a ranking thread: a worker's, in one of the server's slots (``serving/rank_slots.py``), or a
+    standalone app's (at most ``ranking_threads`` at once). ONNX Runtime runs there without the GIL."""
+    services: Services = state.services
+    if services.rank_runner is not None:
+        return await services.rank_runner.run(fn, *args)
+    return await anyio.to_thread.run_sync(fn, *args, limiter=state.rank_limiter)
 
 
 @router.post(
@@ -65,7 +72,7 @@ async def rank_off_loop(services: Services, body: bytes, limiter: anyio.Capacity
 async def rank(request: Request) -> Response:
     services: Services = request.app.state.services
     body = await read_body(request, services.settings.max_rank_body_bytes)
-    payload = await rank_off_loop(services, body, request.app.state.rank_limiter)
+    payload = await run_ranking(request.app.state, rank_json, services, body)
     return Response(payload, media_type="application/json")
 
 
@@ -90,7 +97,7 @@ class DirectRank:
         try:
             declared = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"content-length"), None)
             body = await receive_body(receive, declared, services.settings.max_rank_body_bytes)
-            payload = await rank_off_loop(services, body, state.rank_limiter)
+            payload = await run_ranking(state, rank_json, services, body)
         except ClientDisconnect:
             return  # nobody to answer
         except (StoreError, ServingError) as exc:

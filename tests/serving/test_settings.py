@@ -101,13 +101,10 @@ def test_serve_refuses_an_unknown_variable_with_one_line(tmp_path: Path) -> None
     assert not (tmp_path / "store").exists(), "nothing may be opened before the environment is checked"
 
 
-def test_ranking_threads_default_to_the_cores_shared_among_the_workers(tmp_path: Path) -> None:
-    """Each worker of ``liverank serve`` ranks on its share of the cores (at least one thread); a standalone app on
-    them all; a set ``rank_concurrency`` wins."""
+def test_rankings_at_once_default_to_the_usable_cores(tmp_path: Path) -> None:
+    """A standalone app, and each worker of ``liverank serve``, may rank on every core (the workers share one count
+    of rankings at once: ``serving/rank_slots.py``); a set ``rank_concurrency`` wins."""
     cores = len(os.sched_getaffinity(0))
-    worker = {"data_dir": tmp_path, "role": "worker"}
-    assert Settings(**worker, workers=1).ranking_threads == cores
-    assert Settings(**worker, workers=2).ranking_threads == max(1, cores // 2)
-    assert Settings(**worker, workers=cores + 1).ranking_threads == 1
-    assert Settings(data_dir=tmp_path, workers=cores).ranking_threads == cores
-    assert Settings(**worker, workers=2, rank_concurrency=3).ranking_threads == 3
+    assert Settings(data_dir=tmp_path).ranking_threads == cores
+    assert Settings(data_dir=tmp_path, role="worker", workers=2).ranking_threads == cores
+    assert Settings(data_dir=tmp_path, rank_concurrency=3).ranking_threads == 3

@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 from liverank.exporter.archive import archive_bundle
+from liverank.serving.rank_slots import RankSlots
 from tests.reliability.conftest import (
     ADMIN,
     PRODUCER,
@@ -214,3 +215,23 @@ def test_workers_run_uvloop_and_httptools_and_accept_one_connection_at_a_time(se
         maps = Path(f"/proc/{pid}/maps").read_text()
         assert "uvloop" in maps
         assert "httptools" in maps
+
+
+def test_the_workers_share_one_count_of_rankings_that_the_server_removes_at_stop(server: ServerProcess) -> None:
+    """``serving/rank_slots.py``: every worker ranks in the slots of one semaphore the master made, with one slot
+    per usable core, all free when nothing ranks; a stopped server leaves no semaphore behind."""
+    with server.client() as client:
+        status = answers_from_each_worker(client, "/admin/status", 2, headers=ADMIN)
+        ranked = client.post("/v1/rank", json=rank_body(client))
+    assert ranked.status_code == 200, ranked.text
+    ids = {worker_environ(pid)["LIVERANK_RANK_SLOTS_ID"] for pid in status}
+    assert len(ids) == 1, ids
+    slots = RankSlots(int(ids.pop()))
+    cores = len(os.sched_getaffinity(0))
+    deadline = time.monotonic() + 30
+    while slots.free() != cores:
+        assert time.monotonic() < deadline, f"{slots.free()} of {cores} slots free with nothing to rank"
+        time.sleep(0.01)
+    server.stop()
+    with pytest.raises(OSError, match=r"semctl\(GETVAL\)"):
+        slots.free()
