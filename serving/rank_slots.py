@@ -19,8 +19,9 @@ runs one ranking at a time; when one worker's clients are idle, a busier worker 
 
 The count is a System V semaphore: the kernel blocks a waiter without spinning (the calls release the GIL), and
 ``SEM_UNDO`` gives a slot back when its holder dies, SIGKILL included, so a killed worker cannot leak one (POSIX
-semaphores cannot do that). The master makes it before the workers start, with a key derived from the shared tier's
-path (a restart after a crash reuses it instead of leaking another), sets its value, and removes it when it stops.
+semaphores cannot do that). The master makes it before the workers start, names it in the tier directory and
+removes it when it stops; a master killed with SIGKILL cannot, and the next start on the same data directory removes
+the one it left (until then it is a few bytes of kernel memory; `ipcs -s` lists them).
 A standalone app has none: its own thread limit is the only one.
 """
 
@@ -31,7 +32,6 @@ import collections
 import contextlib
 import ctypes
 import errno
-import hashlib
 import os
 import threading
 from collections.abc import Callable
@@ -42,6 +42,7 @@ from liverank.serving.errors import RankingUnavailable
 
 T = TypeVar("T")
 
+_IPC_PRIVATE = 0
 _IPC_CREAT = 0o1000
 _IPC_NOWAIT = 0o4000
 _IPC_RMID = 0
@@ -50,6 +51,7 @@ _GETVAL = 12
 _SETVAL = 16
 _SEM_UNDO = 0x1000
 _MAX_SLOTS = 32767  # SEMVMX: a semaphore's largest value
+ID_FILE = "rank-slots.id"  # in the tier directory: the semaphore's id, for the workers and a restarted master
 
 
 class _SemBuf(ctypes.Structure):
@@ -69,12 +71,6 @@ def _check(result: int, what: str) -> int:
     return result
 
 
-def key_for(tier: Path) -> int:
-    """The semaphore's key for a server whose shared tier is ``tier`` (positive, 31 bits; 0 is IPC_PRIVATE)."""
-    digest = hashlib.blake2b(str(tier.resolve()).encode(), digest_size=4).digest()
-    return int.from_bytes(digest, "little") & 0x7FFFFFFF or 1
-
-
 class RankSlots:
     """A server's count of rankings computed at once (see the module docstring)."""
 
@@ -83,13 +79,22 @@ class RankSlots:
 
     @classmethod
     def create(cls, tier: Path, slots: int) -> RankSlots:
-        """The master's: make (or take over, after a crash) the server's semaphore and give it ``slots``."""
+        """The master's: make the server's semaphore with ``slots`` free, and name it in the tier directory. A
+        semaphore named there by a server that died without removing it (SIGKILL) is removed first."""
         if not 1 <= slots <= _MAX_SLOTS:
             raise ValueError(f"rank slots must be in 1..{_MAX_SLOTS}, got {slots}")
-        semid = _check(_libc.semget(key_for(tier), 1, _IPC_CREAT | 0o600), "semget")
-        # SETVAL also clears every process's undo record of it: a crashed server's leftovers count for nothing.
-        _check(_libc.semctl(semid, 0, _SETVAL, slots), "semctl(SETVAL)")
-        return cls(semid)
+        id_file = tier / ID_FILE
+        with contextlib.suppress(FileNotFoundError, ValueError):
+            cls(int(id_file.read_text())).remove()
+        semid = _check(_libc.semget(_IPC_PRIVATE, 1, _IPC_CREAT | 0o600), "semget")
+        made = cls(semid)
+        try:
+            _check(_libc.semctl(semid, 0, _SETVAL, slots), "semctl(SETVAL)")
+            id_file.write_text(str(semid))
+        except BaseException:
+            made.remove()
+            raise
+        return made
 
     def waiters(self) -> int:
         """Processes' threads waiting for a slot now (GETNCNT)."""
@@ -100,7 +105,7 @@ class RankSlots:
         return _check(_libc.semctl(self.semid, 0, _GETVAL, 0), "semctl(GETVAL)")
 
     def remove(self) -> None:
-        """The master's, at stop: the semaphore goes (waiters, if any, get EIDRM)."""
+        """The master's, at stop: the semaphore goes (waiters, if any, get EIDRM); one already gone is no error."""
         if _libc.semctl(self.semid, 0, _IPC_RMID, 0) == -1 and ctypes.get_errno() not in (errno.EINVAL, errno.EIDRM):
             _check(-1, "semctl(IPC_RMID)")
 

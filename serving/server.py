@@ -40,6 +40,7 @@ from liverank.serving.bundles import BundleManager
 from liverank.serving.errors import ConfigInvalid
 from liverank.serving.metrics import forget_process
 from liverank.serving.model_slot import ModelSlot
+from liverank.serving.rank_slots import ID_FILE as RANK_SLOTS_ID_FILE
 from liverank.serving.rank_slots import RankSlots
 from liverank.serving.services import connect_replication
 from liverank.serving.settings import Settings
@@ -257,7 +258,7 @@ def run_server(settings: Settings, log_level: str) -> int:
         shutil.rmtree(metrics_dir, ignore_errors=True)
         rank_slots.remove()
         # The tier lives in memory (/dev/shm): a stopped server must not keep it. The next start rebuilds it.
-        for leftover in [*tier_files(tier), tier / "writer.pid", status_path(tier)]:
+        for leftover in [*tier_files(tier), tier / "writer.pid", status_path(tier), tier / RANK_SLOTS_ID_FILE]:
             leftover.unlink(missing_ok=True)
         shutil.rmtree(settings.workers_path, ignore_errors=True)
         with contextlib.suppress(OSError):

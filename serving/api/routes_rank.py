@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-import anyio
 import anyio.to_thread
 import orjson
 from fastapi import APIRouter, Request

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from liverank.serving.rank_slots import RankSlots, SlotRunner
+from liverank.serving.rank_slots import ID_FILE, RankSlots, SlotRunner
 
 DEADLINE_S = 30.0
 
@@ -30,7 +30,9 @@ def make_slots(tmp_path: Path) -> Iterator[Callable[[int], RankSlots]]:
     made: list[RankSlots] = []
 
     def make(n: int) -> RankSlots:
-        slots = RankSlots.create(tmp_path / f"tier-{len(made)}", n)
+        tier = tmp_path / f"tier-{len(made)}"
+        tier.mkdir()
+        slots = RankSlots.create(tier, n)
         made.append(slots)
         return slots
 
@@ -152,3 +154,19 @@ def test_an_error_in_a_ranking_reaches_its_caller_and_frees_the_slot(make_slots:
         wait_until(lambda: slots.free() == 1, "the slot is given back")
     finally:
         runner.close()
+
+
+def test_the_next_start_removes_the_semaphore_a_killed_master_left(tmp_path: Path) -> None:
+    """A master killed with SIGKILL cannot remove its semaphore; the next one on the same tier directory does."""
+    tier = tmp_path / "tier"
+    tier.mkdir()
+    left = RankSlots.create(tier, 2)  # a master that never ran remove(): its id stays in the tier directory
+    assert (tier / ID_FILE).read_text() == str(left.semid)
+    slots = RankSlots.create(tier, 3)
+    try:
+        assert (tier / ID_FILE).read_text() == str(slots.semid)
+        assert slots.free() == 3
+        with pytest.raises(OSError, match=r"semctl\(GETVAL\)"):
+            left.free()
+    finally:
+        slots.remove()
