@@ -34,6 +34,7 @@ import ctypes
 import errno
 import os
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -229,6 +230,9 @@ class SlotRunner:
                     job.run()
                     if borrower and self._slots.waiters() > 0:
                         break  # a ranking waits for a slot somewhere: give the borrowed one back
+                    # Let this worker's other threads have the GIL between rankings (the event loop answering
+                    # ?wait=visible, a pushed delta's intake); otherwise they get it only at the switch interval.
+                    time.sleep(0)
             finally:
                 self._slots.give_back()
 
