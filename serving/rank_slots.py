@@ -45,7 +45,6 @@ T = TypeVar("T")
 
 _IPC_PRIVATE = 0
 _IPC_CREAT = 0o1000
-_IPC_NOWAIT = 0o4000
 _IPC_RMID = 0
 _GETNCNT = 14
 _GETVAL = 12
@@ -110,29 +109,22 @@ class RankSlots:
         if _libc.semctl(self.semid, 0, _IPC_RMID, 0) == -1 and ctypes.get_errno() not in (errno.EINVAL, errno.EIDRM):
             _check(-1, "semctl(IPC_RMID)")
 
-    def try_take(self) -> bool:
-        """Take a slot if one is free now; False otherwise."""
-        return self._op(-1, _IPC_NOWAIT)
-
     def take(self) -> None:
         """Take a slot, waiting until one is free (the wait holds no GIL)."""
-        self._op(-1, 0)
+        self._op(-1)
 
     def give_back(self) -> None:
-        self._op(+1, 0)
+        self._op(+1)
 
-    def _op(self, delta: int, flags: int) -> bool:
-        op = _SemBuf(0, delta, _SEM_UNDO | flags)
+    def _op(self, delta: int) -> None:
+        op = _SemBuf(0, delta, _SEM_UNDO)
         while _libc.semop(self.semid, ctypes.byref(op), 1) == -1:
             err = ctypes.get_errno()
             if err == errno.EINTR:
                 continue  # a signal arrived while waiting: wait again
-            if err == errno.EAGAIN and flags & _IPC_NOWAIT:
-                return False
             raise RankingUnavailable(
                 f"the server's ranking slots are gone ({os.strerror(err)}): the server is stopping or was restarted"
             )
-        return True
 
 
 class _Job:
