@@ -47,6 +47,7 @@ RANK = ("POST", "/v1/rank")
 VISIBLE = ("VISIBLE", "push-to-visible")
 SWAP = ("POST", "/admin/bundles")
 MEMORY_EVERY_S = 10.0
+PROGRESS_EVERY_S = 60.0  # a progress line a minute on stdout
 SETTLE_S = 3.0
 GROWTH_FROM_S, GROWTH_TO_S, GROWTH_TARGET_PCT = 120.0, 600.0, 10.0  # issue 11: minute 2 to minute 10, <= 10 %
 DEFAULT_PREFILL_ROWS = 10_000_000
@@ -204,6 +205,23 @@ def server_status(url: str, token: str) -> dict[str, Any]:
     with urllib.request.urlopen(request, timeout=10) as resp:
         doc: dict[str, Any] = json.loads(resp.read())
     return {key: doc.get(key) for key in ("epoch", "inbox_depth", "push_to_visible", "quarantined_deltas")}
+
+
+def _progress_line(server: LocalServer, started: float, duration_s: float, reading: MemoryReading | None) -> str:
+    """A minute's progress: time, memory, and what the server says of push-to-visible and its inbox so far."""
+    pss = None if reading is None else reading.pss_bytes
+    line = f"soak: {time.time() - started:4.0f} / {duration_s:.0f} s, server PSS {_fmt_mib(pss)}"
+    try:
+        status = server_status(server.url, server.token)
+    except OSError as exc:  # the server is busy or gone: the soak's own figures will tell
+        return f"{line}, status unavailable ({exc})"
+    visible = status.get("push_to_visible") or {}
+    if visible.get("count"):
+        line += (
+            f", {visible['count']} deltas visible (server p50 {1000 * visible['p50_s']:.0f} ms, "
+            f"p99 {1000 * visible['p99_s']:.0f} ms)"
+        )
+    return f"{line}, inbox depth {status.get('inbox_depth')}"
 
 
 def _fmt_mib(n: int | None) -> str:
@@ -429,11 +447,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"soak: {target:.1f} rank/s for {args.duration_s} s, results in {results}", flush=True)
         memory["pss_soak_start"] = server.pss_bytes()
         started = time.time()
+        next_progress = started + PROGRESS_EVERY_S
         with subprocess.Popen(command, env=full_env) as locust:
             while locust.poll() is None:
                 reading = read_memory(server)
                 if reading is not None:
                     readings.append(reading)
+                if time.time() >= next_progress:
+                    next_progress += PROGRESS_EVERY_S
+                    print(_progress_line(server, started, args.duration_s, reading), flush=True)
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     locust.wait(MEMORY_EVERY_S)
         report["locust_exit_code"] = locust.returncode

@@ -10,8 +10,9 @@ from liverank.serving.metrics import Metrics
 from liverank.store import EmbeddingStore, EnqueueResult, Inbox, StoreError, StoreFull, decode_any, encode_delta
 from liverank.store.format import is_binary_delta
 
-# A delta takes its bytes once in the inbox, then about three times once applied (rows with B-tree overhead, and the
-# changelog entry). Room is asked for that much, for every queued delta too, plus this slack for page rounding.
+# A delta takes about three times its bytes in the store once applied (rows with B-tree overhead, and the changelog
+# entry). Room is asked for that much, for every queued delta too (the inbox has its own environment, so queued
+# deltas take none of the store's map yet), plus this slack for page rounding.
 _GROWTH_FACTOR = 3
 _ROOM_SLACK_BYTES = 256 * 1024
 _DURABLE_WAIT_S = 10.0  # a full store: how long a push waits for LMDB to hold what is served before it is refused
@@ -51,14 +52,15 @@ class DeltaIntake:
         """Refuse rows before they are queued when the store will have no room to apply them (the store's own
         check runs only at apply time). An acknowledged delta that cannot apply would block its producer's later
         sequences, the tombstones that could make room among them, and queued deltas would use up the room the
-        store keeps for deletes (the inbox shares the LMDB map). Tombstone-only deltas are never refused here."""
+        store keeps for deletes once applied. Tombstone-only deltas are never refused here."""
         lmdb = self._store.lmdb
         with lmdb.read() as txn:
             used = lmdb.used_bytes(txn)
+        with lmdb.inbox_read() as txn:
             inbox = txn.stat(lmdb.inbox_db)
         queued_bytes = (inbox["branch_pages"] + inbox["leaf_pages"] + inbox["overflow_pages"]) * inbox["psize"]
         room = lmdb.map_size_bytes - lmdb.reserve_bytes - used
-        if (_GROWTH_FACTOR - 1) * queued_bytes + _GROWTH_FACTOR * delta_bytes + _ROOM_SLACK_BYTES > room:
+        if _GROWTH_FACTOR * (queued_bytes + delta_bytes) + _ROOM_SLACK_BYTES > room:
             raise StoreFull(
                 f"store map is full ({used} of {lmdb.map_size_bytes} bytes used, {lmdb.reserve_bytes} kept for "
                 f"deletes): a delta that adds rows is refused and was not queued; delete rows (a tombstone-only "

@@ -1,10 +1,12 @@
 """The durable delta inbox: validated deltas wait here, in LMDB, between their acknowledgement and their apply.
 
 An inbox entry is keyed ``producer UTF-8 | 0x00 | seq u64 big-endian`` (one producer's entries in sequence order)
-and holds ``received_at_ms i64 LE | the delta's binary form``. Enqueueing checks the sequence against what is
-applied and what is already queued, in one write transaction; applying removes the entry in the same transaction
-that writes the rows (``EmbeddingStore.apply(..., inbox_key=...)``), so a delta is applied exactly once across
-crashes and restarts.
+and holds ``received_at_ms i64 LE | the delta's binary form``. The entries live in the inbox's own LMDB
+environment (``LmdbStore.inbox_env``; why: ``liverank.store.lmdb_store``). Enqueueing checks the sequence against
+what is queued and what is applied (read after the inbox's write lock is taken), in one inbox write transaction;
+applying removes the entry once the transaction that writes the rows and the producer's sequence has committed
+(``EmbeddingStore.apply(..., inbox_key=...)``). An entry found already applied is retired as a duplicate, so a delta
+is applied exactly once across crashes and restarts.
 """
 
 from __future__ import annotations
@@ -78,8 +80,11 @@ class Inbox:
         body = payload if payload is not None else encode_delta(delta)
         prefix = delta.producer.encode("utf-8") + b"\x00"
         try:
-            with self._store.env.begin(write=True) as txn:
-                applied = self._store.applied_seq(txn, delta.producer)
+            with self._store.inbox_env.begin(write=True) as txn:
+                # Read under the inbox's write lock: an entry that is gone from the inbox was applied before it was
+                # removed, so its sequence is seen here (a producer's retry is a duplicate, not queued twice).
+                with self._store.read() as rows_txn:
+                    applied = self._store.applied_seq(rows_txn, delta.producer)
                 last_queued = self._last_queued(txn, prefix)
                 depth = int(txn.stat(self._store.inbox_db)["entries"])
                 if delta.seq <= max(applied, last_queued):
@@ -95,7 +100,7 @@ class Inbox:
                     db=self._store.inbox_db,
                 )
         except lmdb.MapFullError as exc:
-            raise StoreFull("store map is full: the delta could not be queued") from exc
+            raise StoreFull("the inbox's map is full: the delta could not be queued") from exc
         ring(self.doorbell_address)  # after the commit: the writer that wakes finds the entry
         return EnqueueResult("queued", delta.producer, delta.seq, depth + 1)
 
@@ -113,7 +118,7 @@ class Inbox:
     def pending(self, limit: int = 64) -> list[InboxEntry]:
         """The oldest entries, each producer's in sequence order."""
         out: list[InboxEntry] = []
-        with self._store.read() as txn:
+        with self._store.inbox_read() as txn:
             for key, value in txn.cursor(db=self._store.inbox_db):
                 producer, seq = _parse_key(key)
                 out.append(InboxEntry(key, producer, seq, _TIME.unpack_from(value)[0], value[_TIME.size :]))
@@ -122,7 +127,7 @@ class Inbox:
         return out
 
     def depth(self) -> int:
-        with self._store.read() as txn:
+        with self._store.inbox_read() as txn:
             return int(txn.stat(self._store.inbox_db)["entries"])
 
     def discard(self, entry: InboxEntry) -> None:
@@ -135,6 +140,4 @@ class Inbox:
 
     def remove(self, key: bytes) -> None:
         """Drop an entry without applying it (an artifact quarantined by the updater)."""
-        self._store.check_usable()
-        with self._store.env.begin(write=True) as txn:
-            txn.delete(key, db=self._store.inbox_db)
+        self._store.remove_inbox_entry(key)

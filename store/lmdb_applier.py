@@ -2,15 +2,15 @@
 
 Why: at 1M rows under ranking load the LMDB write of a D-10k delta took 91 ms (p50) of the writer's 145 ms from
 push to visible (BENCHMARKS.md, fourth run); publishing it to the shared tier took 7. A delta that came from the
-durable inbox can be made visible first: its inbox entry stays until the LMDB transaction that writes its rows
-deletes it, so nothing acknowledged depends on LMDB having it yet. The publisher (``EmbeddingStore.apply``) checks
+durable inbox can be made visible first: its inbox entry stays until the LMDB transaction that writes its rows has
+committed, so nothing acknowledged depends on LMDB having it yet. The publisher (``EmbeddingStore.apply``) checks
 the sequence against the published state, publishes, and hands the delta here; this thread writes it with the
 generation the tier gave it.
 
 Invariants:
 1. Deltas reach LMDB in the order they were published, one write transaction each (rows, sequence, generation,
-   changelog, inbox entry: ``LmdbStore.apply``), so LMDB always holds a prefix of the published states and its
-   generation never passes the tier's.
+   changelog: ``LmdbStore.apply``; the inbox entry is removed after it commits), so LMDB always holds a prefix of
+   the published states and its generation never passes the tier's.
 2. A delta written here gets the generation it was published as; anything else is a broken invariant, and the
    applier stops (the writer exits and is restarted: it rebuilds the tier from LMDB after draining the inbox).
 3. Any other write to LMDB's rows (a delta that is not published first, an expiry sweep, a rebuild of the tier from
@@ -52,7 +52,7 @@ class VisibleDelta:
 
     prepared: PreparedDelta  # validated; LMDB keys and values are encoded here if they are not yet
     payload: bytes  # its binary form, for the changelog
-    inbox_key: bytes  # deleted in the transaction that writes the rows
+    inbox_key: bytes  # removed once the transaction that writes the rows has committed
     received_at_ms: int
     generation: int  # the published state it made; 0: a duplicate of a published one (LMDB only retires its entry)
 

@@ -1,4 +1,13 @@
-"""The durable truth: one LMDB environment holding rows, per-producer sequences, slot configs and the inbox.
+"""The durable truth: one LMDB environment holding rows, per-producer sequences and slot configs, and beside it (in
+the store directory's ``inbox/``) a second, small one holding the durable delta inbox.
+
+Why the inbox has an environment of its own: LMDB has one write lock per environment. A pushed delta's inbox write
+took that lock behind the writer's row transactions, which at 10M rows take 60-120 ms for a D-10k delta (longer on
+a loaded machine), so a push waited for the previous delta's rows although it needs none of them. With its own
+environment an enqueue waits only for other inbox writes. Exactly-once does not need the entry's removal in the rows'
+transaction: that transaction records the producer's applied sequence, and an entry whose sequence is already applied
+(the writer died between the two commits) is retired as a duplicate when it is next read (``apply``), and reported as
+one to a producer that pushes it again (``Inbox.enqueue`` reads the applied sequence under the inbox's write lock).
 
 LMDB rules this module keeps (py-lmdb's list):
 - one environment per path per process (a second open of the same path raises ``StoreAlreadyOpen``);
@@ -39,7 +48,8 @@ _U64 = struct.Struct("<Q")
 _GEN = struct.Struct(">Q")
 _LOG_KEY = struct.Struct(">QQ")
 _TIME = struct.Struct("<q")
-_DB_NAMES = (b"rows", b"meta", b"inbox", b"log")
+_DB_NAMES = (b"rows", b"meta", b"inbox", b"log")  # "inbox": where stores before the inbox environment queued
+INBOX_DIR = "inbox"  # the inbox's own environment, inside the store directory
 _META_FORMAT = b"format"
 _META_SLOTS = b"slots"
 _META_GENERATION = b"generation"
@@ -68,6 +78,7 @@ def _forget_after_fork() -> None:
     for store in _all_stores:
         store._forked = True
         try:
+            store.inbox_env.close()
             store.env.close()
         except Exception:  # best effort: the child must be able to open its own environment
             log.debug("closing an inherited LMDB environment after fork failed", exc_info=True)
@@ -132,16 +143,21 @@ class LmdbStore:
             try:
                 self.rows_db = self.env.open_db(b"rows", create=not readonly)
                 self.meta_db = self.env.open_db(b"meta", create=not readonly)
-                self.inbox_db = self.env.open_db(b"inbox", create=not readonly)
+                self._legacy_inbox_db = self.env.open_db(b"inbox", create=not readonly)
                 self.log_db = self.env.open_db(b"log", create=not readonly)
             except lmdb.Error as exc:
                 raise NotAStore(f"{self.path}: an LMDB environment of another application ({exc})") from exc
             self._init_meta(readonly)
+            self.inbox_env = self._open_inbox_env(readonly)
+            self.inbox_db = self.inbox_env.open_db(b"inbox", create=not readonly)
+            if not readonly:
+                self._move_legacy_inbox()
         except BaseException:
             with _open_lock:
                 _open_paths.discard(key)
-            if hasattr(self, "env"):
-                self.env.close()
+            for name in ("inbox_env", "env"):
+                if hasattr(self, name):
+                    getattr(self, name).close()
             raise
         _all_stores.append(self)
 
@@ -183,6 +199,41 @@ class LmdbStore:
         except lmdb.Error as exc:
             raise NotAStore(f"{self.path}: cannot open the LMDB environment ({exc})") from exc
 
+    def _open_inbox_env(self, readonly: bool) -> lmdb.Environment:
+        """The inbox's environment: small values written once and deleted once, by many processes. Same durability
+        as the rows (``power``: fsync at every commit); no ``writemap`` (it would size the file to the map)."""
+        path = self.path / INBOX_DIR
+        power = self.durability == "power"
+        try:
+            return lmdb.open(
+                str(path),
+                map_size=self.map_size_bytes,
+                max_dbs=2,
+                max_readers=512,
+                readonly=readonly,
+                readahead=False,
+                sync=power,
+                metasync=power,
+            )
+        except lmdb.Error as exc:
+            raise NotAStore(f"{path}: cannot open the inbox's LMDB environment ({exc})") from exc
+
+    def _move_legacy_inbox(self) -> None:
+        """Entries a store from before the inbox environment queued in its main environment move to the inbox
+        environment: copied and committed there first, then deleted here (a crash between leaves both copies, and
+        the next open copies the same keys again)."""
+        with self.env.begin(write=True) as txn:
+            entries = list(txn.cursor(db=self._legacy_inbox_db))
+            if not entries:
+                return
+            with self.inbox_env.begin(write=True) as inbox:
+                for key, value in entries:
+                    inbox.put(key, value, db=self.inbox_db)
+            if self.durability == "power":
+                self.inbox_env.sync(True)
+            txn.drop(self._legacy_inbox_db, delete=False)
+        log.info("%s: moved %d queued deltas into the inbox environment", self.path, len(entries))
+
     def _refuse_foreign_environment(self) -> None:
         """Named databases are keys of LMDB's main database: anything else there belongs to another application."""
         with self.env.begin() as txn:
@@ -215,6 +266,7 @@ class LmdbStore:
             return
         self._closed = True
         if not self._forked:
+            self.inbox_env.close()
             self.env.close()
             with _open_lock:
                 _open_paths.discard(self._key)
@@ -224,6 +276,7 @@ class LmdbStore:
     def flush(self) -> None:
         """Force committed data to disk (what ``power`` durability does at every commit)."""
         self.check_usable()
+        self.inbox_env.sync(True)
         self.env.sync(True)
 
     @contextmanager
@@ -231,6 +284,13 @@ class LmdbStore:
         """A read-only snapshot. Never waits for the writer."""
         self.check_usable()
         with self.env.begin(buffers=False) as txn:
+            yield txn
+
+    @contextmanager
+    def inbox_read(self) -> Iterator[Txn]:
+        """A read-only snapshot of the inbox."""
+        self.check_usable()
+        with self.inbox_env.begin(buffers=False) as txn:
             yield txn
 
     # --- slots and schema ---------------------------------------------------------------------------------------
@@ -370,7 +430,7 @@ class LmdbStore:
             self.env.stat(),
             txn.stat(self.rows_db),
             txn.stat(self.meta_db),
-            txn.stat(self.inbox_db),
+            txn.stat(self._legacy_inbox_db),
             txn.stat(self.log_db),
         ):
             pages += stat["branch_pages"] + stat["leaf_pages"] + stat["overflow_pages"]
@@ -403,39 +463,47 @@ class LmdbStore:
 
         Re-applying an applied sequence is a no-op reported as a duplicate; a gap raises ``SequenceGap``.
         ``payload``: the delta's binary form, kept in the changelog under the new generation so that RAM tiers of
-        other processes (serving workers) can follow. ``inbox_key``: an inbox entry to remove in the same
-        transaction (exactly-once hand-off). ``received_at_ms``: when the delta was received (kept with it in the
-        changelog, so a follower can tell how long after its receipt it became visible there). ``log_position``: the
-        shared-log record this delta came from (replicated mode), recorded in the same transaction, duplicate or not.
+        other processes (serving workers) can follow. ``inbox_key``: an inbox entry to remove once that transaction
+        has committed (exactly-once hand-off: the module docstring). ``received_at_ms``: when the delta was received
+        (kept with it in the changelog, so a follower can tell how long after its receipt it became visible there).
+        ``log_position``: the shared-log record this delta came from (replicated mode), recorded in the same
+        transaction, duplicate or not.
         """
         self.check_usable()
         delta = prepared.delta
         seq_key = _SEQ_PREFIX + delta.producer.encode()
+        result: ApplyResult
         try:
             with self.env.begin(write=True) as txn:
                 applied = _u64(txn.get(seq_key, db=self.meta_db))
                 if log_position is not None:
                     self._put_log_position(txn, log_position)
                 if delta.seq <= applied:
-                    if inbox_key is not None:
-                        txn.delete(inbox_key, db=self.inbox_db)
-                    return ApplyResult("duplicate", delta.producer, delta.seq, self.generation(txn))
-                if delta.seq != applied + 1:
+                    result = ApplyResult("duplicate", delta.producer, delta.seq, self.generation(txn))
+                elif delta.seq != applied + 1:
                     raise SequenceGap(delta.producer, applied + 1, delta.seq)
-                self._check_room(txn, prepared.n_rows > 0)
-                written, deleted = self._write_rows(txn, prepared)
-                generation = self.generation(txn) + 1
-                txn.put(seq_key, _U64.pack(delta.seq), db=self.meta_db)
-                txn.put(_META_GENERATION, _U64.pack(generation), db=self.meta_db)
-                self._log(txn, generation, _TIME.pack(received_at_ms) + payload)
-                if inbox_key is not None:
-                    txn.delete(inbox_key, db=self.inbox_db)
+                else:
+                    self._check_room(txn, prepared.n_rows > 0)
+                    written, deleted = self._write_rows(txn, prepared)
+                    generation = self.generation(txn) + 1
+                    txn.put(seq_key, _U64.pack(delta.seq), db=self.meta_db)
+                    txn.put(_META_GENERATION, _U64.pack(generation), db=self.meta_db)
+                    self._log(txn, generation, _TIME.pack(received_at_ms) + payload)
+                    result = ApplyResult("applied", delta.producer, delta.seq, generation, written, deleted)
         except lmdb.MapFullError as exc:
             raise StoreFull(
                 f"store map is full ({self.map_size_bytes} bytes); the delta was not applied. "
                 "Raise LIVERANK_MAP_SIZE_BYTES or delete rows"
             ) from exc
-        return ApplyResult("applied", delta.producer, delta.seq, generation, written, deleted)
+        if inbox_key is not None:
+            self.remove_inbox_entry(inbox_key)
+        return result
+
+    def remove_inbox_entry(self, key: bytes) -> None:
+        """Delete an inbox entry (after its delta's transaction committed, or when it is quarantined)."""
+        self.check_usable()
+        with self.inbox_env.begin(write=True) as txn:
+            txn.delete(key, db=self.inbox_db)
 
     def _log(self, txn: Txn, generation: int, payload: bytes) -> None:
         """Keep the delta for followers; drop the oldest past ``changelog_generations`` entries or the byte cap.
