@@ -41,6 +41,8 @@ def _markdown(report: Kill9Report, seed: int, target: str) -> str:
         f"- kills with acknowledged deltas still queued (acked, not yet applied): "
         f"{summary['kills_with_acked_deltas_still_queued']}",
         f"- kills after a commit but before its acknowledgement arrived: {summary['kills_after_commit_before_ack']}",
+        f"- kills between a delta's LMDB commit and its inbox entry's removal (entry left, retired as a duplicate by "
+        f"the next writer): {summary['kills_between_apply_and_entry_removal']}",
         f"- restarts that began with a deliberate gap (409 named the resume sequence): {summary['gap_probes']}",
         f"- violations: {len(summary['violations'])}",
         "",
