@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import generate_latest
 
 from liverank.serving.bundles import BundleManager
+from liverank.serving.conn_balance import ConnectionBalance
 from liverank.serving.errors import ConfigInvalid
 from liverank.serving.follower import Follower
 from liverank.serving.intake import DeltaIntake
@@ -147,6 +148,7 @@ class Services:
                 writer_status_path=status_path(settings.tier_path),
                 status_timeout_s=settings.status_timeout_s,
                 master_pid=settings.master_pid,
+                balance=ConnectionBalance() if settings.balance_connections else None,
             )
         else:
             follower = _standalone_follower(settings, store, metrics)
@@ -266,6 +268,11 @@ class Services:
         self.metrics.store_map_bytes.set(stats.map_size_bytes)
         self.metrics.inbox_depth.set(self.inbox.depth())
         return generate_latest(scrape_registry(self.metrics.registry))
+
+    @property
+    def conn_balance(self) -> ConnectionBalance | None:
+        """A worker's connection balance (``serving/conn_balance.py``), or None (a standalone app, or disabled)."""
+        return self.follower.balance if isinstance(self.follower, WorkerSync) else None
 
     @property
     def alive(self) -> bool:

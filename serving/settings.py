@@ -149,6 +149,12 @@ class Settings(BaseSettings):
         900, ge=2, description="samples the status page's history keeps (900 at 2 s: the last 30 minutes)"
     )
     gc_freeze: bool = Field(True, description="gc.freeze() after start-up: long-lived objects leave the GC's scans")
+    balance_connections: bool = Field(
+        True,
+        description="a worker holding more than its share of the server's active client connections closes one "
+        "after its answer, so that the client reconnects and the kernel places the connection anew "
+        "(serving/conn_balance.py)",
+    )
 
     workers: int = Field(
         default_factory=lambda: len(os.sched_getaffinity(0)),

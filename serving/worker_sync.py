@@ -8,6 +8,8 @@ worker maps it. What stays per worker is the dense model, so this thread:
 - watches the bundle record in LMDB (the shared control record, written by the worker that took an upload or a
   rollback) and, when it names another bundle, loads and warms it here, then swaps (``BundleManager.follow``);
 - mirrors the writer's status record (readiness: the writer is alive and has drained what was queued before start);
+- publishes how many client connections this worker serves and, from the other workers' records, asks this worker
+  to give one up when it holds more than its share (``serving/conn_balance.py``);
 - ends this worker (SIGTERM to itself: it drains like any shutdown) when the server's master is gone: uvicorn's
   workers would otherwise outlive a master killed with SIGKILL, holding the port.
 
@@ -27,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from liverank.serving.bundles import BundleManager
+from liverank.serving.conn_balance import ConnectionBalance
 from liverank.serving.freshness import Freshness
 from liverank.serving.metrics import Metrics
 from liverank.serving.model_slot import ModelSlot
@@ -83,6 +86,7 @@ class WorkerSync:
         writer_status_path: Path,
         status_timeout_s: float,
         master_pid: int | None = None,
+        balance: ConnectionBalance | None = None,
     ) -> None:
         self._store = store
         self._bundles = bundles
@@ -94,6 +98,7 @@ class WorkerSync:
         self._thread = threading.Thread(target=self._run, name="liverank-worker-sync", daemon=True)
         self._path = status_dir / f"{os.getpid()}.json"
         self._writer_status_path = writer_status_path
+        self.balance = balance
         self.drained_at_start = threading.Event()
         self.last_apply_ms: int | None = None
         self.writer_status: dict[str, Any] = {}
@@ -170,7 +175,14 @@ class WorkerSync:
             "heartbeat_ms": _now_ms(),
             "started_at_ms": self.started_at_ms,
         }
+        connections = None if self.balance is None else self.balance.active()
+        if self.balance is not None:
+            record["connections"] = connections
+            record["connections_closed_to_rebalance"] = self.balance.closed
         write_record(self._path, record)
+        if self.balance is not None and connections is not None:
+            others = [w for w in live_workers(self._dir, self._timeout_s) if int(w["pid"]) != os.getpid()]
+            self.balance.rebalance(connections, [int(w.get("connections", 0)) for w in others])
 
     def _run(self) -> None:
         while not self._stop.is_set():

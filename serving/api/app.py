@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 
 _PID = str(os.getpid()).encode()
+_CLOSE = [(b"connection", b"close")]
 
 
 class _LatencyMiddleware:
@@ -47,19 +48,23 @@ class _LatencyMiddleware:
             return
         started = time.perf_counter()
         status = 500
+        services = getattr(scope["app"].state, "services", None)
+        balance = services.conn_balance if services is not None else None
+        # A worker holding more than its share of the server's connections ends this one after the answer.
+        close = balance is not None and balance.on_request(scope.get("client"), scope.get("http_version", ""))
 
         async def send_status(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
                 # Which worker answered (a multi-process server): tells answers from different workers apart.
-                message["headers"] = [*message.get("headers", []), (b"x-liverank-worker", _PID)]
+                extra = [(b"x-liverank-worker", _PID), *_CLOSE] if close else [(b"x-liverank-worker", _PID)]
+                message["headers"] = [*message.get("headers", []), *extra]
             await send(message)
 
         try:
             await self.app(scope, receive, send_status)
         finally:
-            services = getattr(scope["app"].state, "services", None)
             if services is not None:
                 # The router records the route it matched in the scope it was given (this one).
                 template = getattr(scope.get("route"), "path", None)

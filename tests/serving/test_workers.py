@@ -235,3 +235,48 @@ def test_the_workers_share_one_count_of_rankings_that_the_server_removes_at_stop
     server.stop()
     with pytest.raises(OSError, match=r"semctl\(GETVAL\)"):
         slots.free()
+
+
+def test_client_connections_spread_evenly_over_the_workers(server: ServerProcess) -> None:
+    """16 keep-alive clients: the kernel places their connections by a hash, often unevenly; a worker above its
+    share closes connections (``Connection: close`` after a whole answer) until each worker holds 8. No request
+    fails: the clients reconnect."""
+    clients = [httpx.Client(base_url=server.url, limits=httpx.Limits(max_connections=1)) for _ in range(16)]
+    last_worker: list[str] = [""] * len(clients)
+    failures: list[str] = []
+    stop = threading.Event()
+
+    def keep_asking(i: int) -> None:
+        while not stop.is_set():
+            try:
+                answer = clients[i].get("/healthz")
+            except httpx.HTTPError as exc:
+                failures.append(repr(exc))
+                continue
+            if answer.status_code != 200:
+                failures.append(f"{answer.status_code}: {answer.text}")
+            last_worker[i] = answer.headers[WORKER]
+
+    threads = [threading.Thread(target=keep_asking, args=(i,), daemon=True) for i in range(len(clients))]
+    for thread in threads:
+        thread.start()
+    try:
+        deadline = time.monotonic() + 90
+        spread: Counter[str] = Counter()
+        while time.monotonic() < deadline:
+            spread = Counter(last_worker)
+            if "" not in spread and len(spread) == 2 and max(spread.values()) == 8:
+                break
+            time.sleep(0.2)
+        assert "" not in spread, spread
+        assert sorted(spread.values()) == [8, 8], spread
+        with server.client() as admin:
+            workers = admin.get("/admin/status", headers=ADMIN).json()["workers"]
+        assert all("connections" in w for w in workers), workers
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(30)
+        for client in clients:
+            client.close()
+    assert failures == []
