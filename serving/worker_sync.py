@@ -175,14 +175,16 @@ class WorkerSync:
             "heartbeat_ms": _now_ms(),
             "started_at_ms": self.started_at_ms,
         }
-        connections = None if self.balance is None else self.balance.active()
-        if self.balance is not None:
-            record["connections"] = connections
-            record["connections_closed_to_rebalance"] = self.balance.closed
+        balance = self.balance
+        if balance is None:
+            write_record(self._path, record)
+            return
+        connections = balance.active()
+        record["connections"] = connections
+        record["connections_closed_to_rebalance"] = balance.closed
         write_record(self._path, record)
-        if self.balance is not None and connections is not None:
-            others = [w for w in live_workers(self._dir, self._timeout_s) if int(w["pid"]) != os.getpid()]
-            self.balance.rebalance(connections, [int(w.get("connections", 0)) for w in others])
+        others = [w for w in live_workers(self._dir, self._timeout_s) if int(w["pid"]) != os.getpid()]
+        balance.rebalance(connections, [int(w.get("connections", 0)) for w in others])
 
     def _run(self) -> None:
         while not self._stop.is_set():
