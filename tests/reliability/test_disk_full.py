@@ -1,9 +1,10 @@
 """A real server with a small LMDB map: pushed rows fill it until the server answers 507, ranking goes on, a
 tombstone-only delta makes room (it must be accepted), and new rows are accepted again.
 
-The durable inbox lives in the same LMDB map as the rows, so a full map must not be discovered only when the
-updater applies a delta that was already acknowledged: that delta would block its producer's later sequences
-(including the tombstones meant to make room), and the queued deltas would eat the room kept for deletes.
+A full map must not be discovered only when the writer applies a delta that was already acknowledged: that delta
+would block its producer's later sequences (including the tombstones meant to make room), and the queued deltas,
+once applied, would eat the room kept for deletes. (The inbox has an LMDB environment of its own; the intake counts
+what queued deltas will take in the rows' map.)
 """
 
 from __future__ import annotations
