@@ -50,6 +50,7 @@ _LOG_KEY = struct.Struct(">QQ")
 _TIME = struct.Struct("<q")
 _DB_NAMES = (b"rows", b"meta", b"inbox", b"log")  # "inbox": where stores before the inbox environment queued
 INBOX_DIR = "inbox"  # the inbox's own environment, inside the store directory
+INBOX_MIN_MAP_BYTES = 4 * 1024**3
 _META_FORMAT = b"format"
 _META_SLOTS = b"slots"
 _META_GENERATION = b"generation"
@@ -207,7 +208,9 @@ class LmdbStore:
         try:
             return lmdb.open(
                 str(path),
-                map_size=self.map_size_bytes,
+                # Address space, not disk (no writemap: the file grows with what is queued). Never smaller than
+                # INBOX_MIN_MAP_BYTES: a full map would refuse even the deletes that retire applied entries.
+                map_size=max(self.map_size_bytes, INBOX_MIN_MAP_BYTES),
                 max_dbs=2,
                 max_readers=512,
                 readonly=readonly,
