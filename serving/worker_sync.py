@@ -183,7 +183,7 @@ class WorkerSync:
         record["connections"] = connections
         record["connections_closed_to_rebalance"] = balance.closed
         write_record(self._path, record)
-        others = [w for w in live_workers(self._dir, self._timeout_s) if int(w["pid"]) != os.getpid()]
+        others = [w for w in self.workers() if int(w["pid"]) != os.getpid()]
         balance.rebalance(connections, [int(w.get("connections", 0)) for w in others])
 
     def _run(self) -> None:

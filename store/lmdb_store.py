@@ -224,7 +224,8 @@ class LmdbStore:
     def _move_legacy_inbox(self) -> None:
         """Entries a store from before the inbox environment queued in its main environment move to the inbox
         environment: copied and committed there first, then deleted here (a crash between leaves both copies, and
-        the next open copies the same keys again)."""
+        the next open copies the same keys again; with ``power`` durability the copy's commit is fsynced before the
+        deletion commits)."""
         with self.env.begin(write=True) as txn:
             entries = list(txn.cursor(db=self._legacy_inbox_db))
             if not entries:
@@ -232,8 +233,6 @@ class LmdbStore:
             with self.inbox_env.begin(write=True) as inbox:
                 for key, value in entries:
                     inbox.put(key, value, db=self.inbox_db)
-            if self.durability == "power":
-                self.inbox_env.sync(True)
             txn.drop(self._legacy_inbox_db, delete=False)
         log.info("%s: moved %d queued deltas into the inbox environment", self.path, len(entries))
 

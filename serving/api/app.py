@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 
 _PID = str(os.getpid()).encode()
-_CLOSE = [(b"connection", b"close")]
+_CLOSE = (b"connection", b"close")
 
 
 class _LatencyMiddleware:
@@ -58,8 +58,10 @@ class _LatencyMiddleware:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 # Which worker answered (a multi-process server): tells answers from different workers apart.
-                extra = [(b"x-liverank-worker", _PID), *_CLOSE] if close else [(b"x-liverank-worker", _PID)]
-                message["headers"] = [*message.get("headers", []), *extra]
+                headers = [*message.get("headers", []), (b"x-liverank-worker", _PID)]
+                if close:
+                    headers.append(_CLOSE)
+                message["headers"] = headers
             await send(message)
 
         try:
