@@ -192,6 +192,7 @@ class Services:
         if self.replication is not None:
             self.replication.close()
         self.follower.stop()
+        self.metrics.flush()  # the last requests' tallies: a worker's counters outlive it in the scrape
         self.store.close()
 
     # --- operations: one per route, each with its bookkeeping -------------------------------------------------
@@ -267,6 +268,7 @@ class Services:
         self.metrics.store_used_bytes.set(stats.used_bytes)
         self.metrics.store_map_bytes.set(stats.map_size_bytes)
         self.metrics.inbox_depth.set(self.inbox.depth())
+        self.metrics.flush()
         return generate_latest(scrape_registry(self.metrics.registry))
 
     @property
@@ -371,6 +373,7 @@ class Services:
     def observe(self) -> Observation:
         """One reading for the status page's history: the registry /metrics exports and the core's state."""
         stats = self.store.stats()
+        self.metrics.flush()
         return Observation(
             t_ms=time.time_ns() // 1_000_000,
             samples=read_samples(self.metrics.registry.collect()),

@@ -196,6 +196,7 @@ class WorkerSync:
                 self._bundles.follow()
                 self._mirror_writer()
                 self._beat()
+                self._metrics.flush()  # this worker's requests, for a scrape that another process answers
             except Exception:
                 log.exception("worker sync failed; retrying")
                 self._metrics.updater_failures.labels(kind="worker_sync").inc()

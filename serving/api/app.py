@@ -71,8 +71,7 @@ class _LatencyMiddleware:
                 # The router records the route it matched in the scope it was given (this one).
                 template = getattr(scope.get("route"), "path", None)
                 route = template if isinstance(template, str) else "other"
-                metrics = services.metrics
-                metrics.labelled(metrics.request_seconds, route, str(status)).observe(time.perf_counter() - started)
+                services.metrics.record_request(route, status, time.perf_counter() - started)
 
 
 def create_worker_app() -> FastAPI:

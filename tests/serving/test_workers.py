@@ -137,16 +137,23 @@ def test_two_workers_rank_take_deltas_and_swap_under_load(server: ServerProcess,
             hammer.stop()
         assert not hammer.failures, hammer.failures[:3]
         assert len(hammer.by_worker) == 2, hammer.by_worker
-        # Every request counted once across workers: the scrape sums both workers' files.
-        metrics = client.get("/metrics").text
-        ranked = sum(
-            float(line.rsplit(" ", 1)[1])
-            for line in metrics.splitlines()
-            if line.startswith("liverank_request_duration_seconds_count")
-            and 'route="/v1/rank"' in line
-            and 'status="200"' in line
-        )
-        assert ranked == sum(hammer.by_worker.values())
+        # Every request counted once across workers: the scrape sums both workers' files. A worker writes its
+        # requests' tallies at its next beat (serving/metrics.py), so the other worker's may be a beat late.
+        hammered = sum(hammer.by_worker.values())
+        deadline = time.monotonic() + 30.0
+        while True:
+            metrics = client.get("/metrics").text
+            ranked = sum(
+                float(line.rsplit(" ", 1)[1])
+                for line in metrics.splitlines()
+                if line.startswith("liverank_request_duration_seconds_count")
+                and 'route="/v1/rank"' in line
+                and 'status="200"' in line
+            )
+            if ranked >= hammered or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert ranked == hammered
         # Deltas are counted once, by the writer (where they become visible to every worker).
         values = {
             line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines() if line[:1] != "#"
