@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed-dev
 
 .PHONY: test demo cluster lint typecheck layers dockerlint pytest clean bench-store
 
-$(STAMP): pyproject.toml setup.py constraints.txt store/_kernel.c
+$(STAMP): pyproject.toml setup.py constraints.txt store/_kernel.c serving/_rank_body.c
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@echo "installing liverank (serving + dev extras) into $(VENV)"
 	$(PIP_INSTALL) --upgrade pip
@@ -52,7 +52,7 @@ bench-store: $(STAMP)
 	$(BIN)/liverank bench store --json results/bench-store.json
 
 clean:
-	rm -rf $(VENV) build *.egg-info store/*.so .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) build *.egg-info store/*.so serving/*.so .pytest_cache .mypy_cache .ruff_cache
 
 # make loadtest: headless locust against a server it starts itself (or HOST=http://...), results in
 # results/loadtest-<timestamp>/. Options: DURATION (s), USERS (ranking users), SPAWN_RATE, HOST, SHAPE=step|spike.

@@ -6,8 +6,10 @@ Request::
      "candidates": {"item_id": [..N..], "tags": [[..], ..N..], ...},
      "k": 50, "blend": {"click": 0.7, "finish": 0.3}}
 
-Columnar JSON parsed with orjson and turned into numpy arrays costs tens of microseconds for 500 candidates;
-pydantic row models cost about 20 times more (DESIGN.md), so validation here is hand-written and strict.
+Columnar JSON turned into numpy arrays costs tens of microseconds for 500 candidates; pydantic row models cost
+about 20 times more (DESIGN.md), so validation here is hand-written and strict. The served path reads the body with
+``serving/rank_body.py``: its integer id columns arrive as uint64 arrays already, every other value as the objects
+orjson makes.
 """
 
 from __future__ import annotations
@@ -110,7 +112,7 @@ def _column_length(cand_doc: dict[str, Any], manifest: Manifest) -> int:
     lengths = {}
     for feature in manifest.candidate_features:
         column = cand_doc[feature.name]
-        if not isinstance(column, list):
+        if not isinstance(column, list | np.ndarray):  # an array: an id column read by serving/rank_body.py
             raise WrongType(f"candidate feature {feature.name!r} must be a list with one value per candidate")
         lengths[feature.name] = len(column)
     if not lengths or not any(lengths.values()):
@@ -187,8 +189,17 @@ def _user_value(feature: Feature, raw: Any, slot: SlotConfig | None, limits: Lim
     return Column(feature, ids=_ids(raw, slot, what), lengths=np.asarray([len(raw)], dtype=np.int64))
 
 
-def _candidate_column(feature: Feature, raw: list[Any], slot: SlotConfig | None, limits: Limits) -> Column:
+def _candidate_column(feature: Feature, given: list[Any] | IntIds, slot: SlotConfig | None, limits: Limits) -> Column:
     what = f"candidate feature {feature.name!r}"
+    raw: list[Any]
+    if isinstance(given, np.ndarray):
+        # Already uint64 ids (serving/rank_body.py, for the manifest's integer id features): taken as they are, or,
+        # if the live manifest changed since and reads this feature otherwise, validated as the list it was.
+        if feature.kind == "id" and slot is not None and slot.id_kind in ("int", "str_hash"):
+            return Column(feature, ids=given)
+        raw = given.tolist()
+    else:
+        raw = given
     if feature.kind == "numeric":
         try:
             numbers = np.asarray(raw, dtype=np.float32)

@@ -23,7 +23,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from liverank.serving.api.body import read_body, receive_body
 from liverank.serving.api.errors import domain_error_response, error_responses, unexpected_error_response
-from liverank.serving.errors import InvalidJson, ServingError
+from liverank.serving.errors import ServingError
+from liverank.serving.rank_body import load_json, load_rank_json
 from liverank.serving.services import Services
 from liverank.store import StoreError
 
@@ -46,10 +47,9 @@ RANK_REQUEST_SCHEMA: dict[str, Any] = {
 
 def rank_json(services: Services, body: bytes) -> bytes:
     """Parse, rank and serialise on a ranking thread (the event loop only moves bytes)."""
-    try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidJson(f"request body is not valid JSON: {exc}") from exc
+    live = services.model_slot.live
+    # The live manifest names the integer id columns read straight into arrays (serving/rank_body.py).
+    doc = load_json(body) if live is None else load_rank_json(body, live.manifest)
     return orjson.dumps(services.rank(doc).to_json())
 
 
