@@ -11,7 +11,8 @@ Per-request series are tallied in process memory and written in one go (``Metric
 ``FLUSH_EVERY_S`` from the request path, at every worker beat, before a scrape or status reading of this process, and
 at close. In multiprocess mode each write to a value takes a lock and rewrites its slot of the process's file, and a
 W-500 request touched about 85 values (25 slots' id counts and age histograms): 85 us per request in a micro-benchmark
-(11 us tallied), about 0.16 ms under load. A scrape therefore sees another worker's requests at most one beat (0.25 s) late, each still once.
+(11 us tallied), about 0.16 ms under load. A scrape therefore sees another worker's requests at most one beat
+(0.25 s) late, each still once.
 """
 
 from __future__ import annotations
