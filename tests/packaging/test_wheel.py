@@ -155,14 +155,16 @@ def test_every_package_of_the_tree_but_the_benchmarks_is_in_the_wheel(installed:
     assert not any(p.startswith("liverank/benchmarks/") for p in record)
 
 
-def test_the_package_data_and_the_compiled_kernel_are_in_the_wheel(installed: Installed) -> None:
+@pytest.mark.parametrize("extension", ["liverank/store/_kernel", "liverank/serving/_rank_body"])
+def test_the_package_data_and_the_compiled_extensions_are_in_the_wheel(installed: Installed, extension: str) -> None:
     record = set(_record(installed))
     data = _tree_data_files()
-    assert {"liverank/py.typed", "liverank/store/_kernel.c", "liverank/store/_kernel.pyi"} <= data
+    assert {"liverank/py.typed", f"{extension}.c", f"{extension}.pyi"} <= data
     assert any(p.startswith("liverank/serving/api/static/") for p in data)
     assert data - record == set()  # every data file of the tree is installed
-    assert any(p.startswith("liverank/store/_kernel.") and p.endswith(".so") for p in record)
-    loaded = installed.run(installed.python, "-c", "import liverank.store._kernel as k; print(k.__file__)")
+    assert any(p.startswith(f"{extension}.") and p.endswith(".so") for p in record)
+    module = extension.replace("/", ".")
+    loaded = installed.run(installed.python, "-c", f"import {module} as k; print(k.__file__)")
     assert loaded.returncode == 0, loaded.stderr
     assert Path(loaded.stdout.strip()).is_relative_to(installed.site_packages)
 
