@@ -36,6 +36,7 @@ import numpy as np
 import orjson
 
 from liverank.serving.errors import InvalidJson
+from liverank.serving.manifest_cache import per_manifest
 from liverank.store.manifest import Manifest
 
 log = logging.getLogger(__name__)
@@ -48,9 +49,6 @@ try:
 except ImportError:  # pragma: no cover - every install builds it; without it orjson reads the whole body
     _split = None
     log.warning("liverank.serving._rank_body is not built: ranking bodies are parsed by orjson alone")
-
-# Per manifest (kept while it is live, as ranker._read_plan is): the raw keys of its integer id candidate features.
-_id_columns: dict[int, tuple[Manifest, tuple[bytes, ...]]] = {}
 
 
 def load_json(body: bytes) -> Any:
@@ -79,18 +77,12 @@ def load_rank_json(body: bytes, manifest: Manifest) -> Any:
     return doc
 
 
+@per_manifest
 def id_columns(manifest: Manifest) -> tuple[bytes, ...]:
-    """The candidate features whose column may be read as uint64 ids: id features of int and str_hash slots (a
-    str_hash slot takes ints as they are)."""
-    cached = _id_columns.get(id(manifest))
-    if cached is not None and cached[0] is manifest:
-        return cached[1]
-    names = tuple(
+    """The raw keys of the candidate features whose column may be read as uint64 ids: id features of int and
+    str_hash slots (a str_hash slot takes ints as they are)."""
+    return tuple(
         f.name.encode()
         for f in manifest.candidate_features
         if f.kind == "id" and f.slot is not None and manifest.slot(f.slot).id_kind in ("int", "str_hash")
     )
-    if len(_id_columns) > 16:
-        _id_columns.clear()
-    _id_columns[id(manifest)] = (manifest, names)
-    return names

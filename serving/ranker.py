@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from liverank.serving.columns import pool_into
+from liverank.serving.manifest_cache import per_manifest
 from liverank.serving.model_slot import LiveModel, ModelSlot
 from liverank.serving.request import Column, Limits, RankRequest, parse_rank_request
 from liverank.store import EmbeddingStore, Lookup
@@ -201,24 +202,17 @@ def read_inputs_direct(store: EmbeddingStore, manifest: Manifest, request: RankR
 # Per side (user, candidate), each feature as the one-pass read needs it: (name, slot or None for numeric, first
 # column, id list?, mean pooling?). Built once per manifest (kept while it is live), not per request.
 _PlanEntry = tuple[str, str | None, int, bool, bool]
-_plans: dict[int, tuple[Manifest, list[list[_PlanEntry]]]] = {}
 
 
+@per_manifest
 def _read_plan(manifest: Manifest) -> list[list[_PlanEntry]]:
-    cached = _plans.get(id(manifest))
-    if cached is not None and cached[0] is manifest:
-        return cached[1]
-    plan = [
+    return [
         [
             (f.name, f.slot, start, f.kind == "id_list", f.pooling == "mean")
             for f, start, _ in manifest.feature_offsets(side)
         ]
         for side in ("user", "candidate")
     ]
-    if len(_plans) > 16:
-        _plans.clear()
-    _plans[id(manifest)] = (manifest, plan)
-    return plan
 
 
 def _median_in_place(times_ms: np.ndarray[Any, np.dtype[np.int64]]) -> float:
