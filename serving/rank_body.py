@@ -12,8 +12,8 @@ Same document as orjson's, or orjson decides:
 - the C pass takes a column only when it is, token for token, a flat JSON array of integers in 0..2**64-1 (no
   sign, fraction, exponent or leading zero: numbers orjson reads as exactly those ints) under a unique, unescaped
   key of the integer id features the caller names, inside a unique, unescaped top-level ``"candidates"`` object.
-  Anything else (another shape, a repeated key, an escaped key, any other number, nothing to take) and the whole
-  body goes to orjson, which answers as it always did;
+  Anything else (another shape, a repeated key, an escaped key, any other number, nothing to take, a manifest
+  with more than 64 such features) and the whole body goes to orjson, which answers as it always did;
 - the body with the array and the body with a ``0`` in its place are valid or invalid together: the rest is byte
   for byte the same, and a complete array and a ``0`` are both complete values at the same place. Their documents
   differ only in that value. So orjson's parse of the rest is the validation of everything the C pass did not take,
@@ -37,6 +37,7 @@ import orjson
 
 from liverank.serving.errors import InvalidJson
 from liverank.serving.manifest_cache import per_manifest
+from liverank.serving.request import takes_uint64_ids
 from liverank.store.manifest import Manifest
 
 log = logging.getLogger(__name__)
@@ -79,10 +80,9 @@ def load_rank_json(body: bytes, manifest: Manifest) -> Any:
 
 @per_manifest
 def id_columns(manifest: Manifest) -> tuple[bytes, ...]:
-    """The raw keys of the candidate features whose column may be read as uint64 ids: id features of int and
-    str_hash slots (a str_hash slot takes ints as they are)."""
+    """The raw keys of the candidate features whose column may be read as uint64 ids (``takes_uint64_ids``)."""
     return tuple(
         f.name.encode()
         for f in manifest.candidate_features
-        if f.kind == "id" and f.slot is not None and manifest.slot(f.slot).id_kind in ("int", "str_hash")
+        if takes_uint64_ids(f, None if f.slot is None else manifest.slot(f.slot))
     )

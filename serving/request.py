@@ -94,6 +94,12 @@ def parse_rank_request(doc: Any, manifest: Manifest, limits: Limits) -> RankRequ
     )
 
 
+def takes_uint64_ids(feature: Feature, slot: SlotConfig | None) -> bool:
+    """An id feature whose column a uint64 array holds exactly: ids of an int slot, or of a str_hash slot (which takes
+    ints as they are). ``serving/rank_body.py`` reads these columns as arrays."""
+    return feature.kind == "id" and slot is not None and slot.id_kind in ("int", "str_hash")
+
+
 def _slot_of(manifest: Manifest, feature: Feature) -> SlotConfig | None:
     return None if feature.slot is None else manifest.slot(feature.slot)
 
@@ -195,7 +201,7 @@ def _candidate_column(feature: Feature, given: list[Any] | IntIds, slot: SlotCon
     if isinstance(given, np.ndarray):
         # Already uint64 ids (serving/rank_body.py, for the manifest's integer id features): taken as they are, or,
         # if the live manifest changed since and reads this feature otherwise, validated as the list it was.
-        if feature.kind == "id" and slot is not None and slot.id_kind in ("int", "str_hash"):
+        if takes_uint64_ids(feature, slot):
             return Column(feature, ids=given)
         raw = given.tolist()
     else:
