@@ -160,9 +160,7 @@ def test_concurrent_records_are_each_counted_once() -> None:
 
 
 _CHILD = """
-import sys
-sys.path.insert(0, {tests!r})
-from serving.test_metrics import result
+from tests.serving.test_metrics import result
 from liverank.serving.metrics import Metrics
 metrics = Metrics()
 for i in range({n}):
@@ -177,12 +175,11 @@ def test_multiprocess_scrape_sums_every_process_tallies_once(tmp_path: Path) -> 
     direct calls for both processes' requests."""
     multiproc_dir = tmp_path / "prom"
     multiproc_dir.mkdir()
-    tests_dir = str(Path(__file__).resolve().parent.parent)
     env = {"PROMETHEUS_MULTIPROC_DIR": str(multiproc_dir), "PATH": "/usr/bin:/bin"}
     for n in (17, 23):
         subprocess.run(
-            [sys.executable, "-c", _CHILD.format(tests=tests_dir, n=n)],
-            env={**env, "PYTHONPATH": ":".join(sys.path)},
+            [sys.executable, "-c", _CHILD.format(n=n)],
+            env={**env, "PYTHONPATH": ":".join(sys.path)},  # this repository's root among them: tests.* imports
             check=True,
             timeout=120,
         )
